@@ -1,0 +1,160 @@
+"""The ``netplay-server`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import secrets
+import signal
+import sys
+from typing import Sequence
+
+import structlog
+import trio
+
+from netplay import __version__
+from netplay.config import DEFAULT_PORT, Config
+from netplay.logs import LEVELS, configure_logging
+
+log = structlog.get_logger("netplay.cli")
+
+
+def _versions(text: str) -> frozenset[str]:
+    """``004-019,021`` -> {"004", ..., "019", "021"}."""
+    versions: set[str] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        for value in (low, high or low):
+            if not (len(value) == 3 and value.isdigit()):
+                raise argparse.ArgumentTypeError(f"{value!r} is not a 3-digit version")
+        versions.update(f"{v:03d}" for v in range(int(low), int(high or low) + 1))
+    return frozenset(versions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="netplay-server", description="Netplay server for Panel Attack."
+    )
+    parser.add_argument("--version", action="version", version=f"netplay {__version__}")
+    parser.add_argument("--host", default=defaults.host, help="address to listen on (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 picks a free one (%(default)s)"
+    )
+    parser.add_argument("--log-format", choices=("console", "json"), default=None,
+                        help="console on a terminal, json otherwise")
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every random choice (panels); default: a fresh one, logged")
+    parser.add_argument("--client-versions", type=_versions, default=defaults.client_versions,
+                        metavar="LIST", help="versions of the existing clients' dialect (004-019)")
+    parser.add_argument("--document-versions", type=_versions,
+                        default=defaults.document_versions, metavar="LIST",
+                        help="versions of the design document's dialect (139)")
+    parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
+    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
+    parser.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout)
+    parser.add_argument("--registration-timeout", type=float,
+                        default=defaults.registration_timeout)
+    parser.add_argument("--max-json-length", type=int, default=defaults.max_json_length)
+    parser.add_argument("--max-name-length", type=int, default=defaults.max_name_length)
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    parser.add_argument("--max-connections-per-ip", type=int,
+                        default=defaults.max_connections_per_ip)
+    parser.add_argument("--unlimited-networks", default=",".join(defaults.unlimited_networks),
+                        help="networks exempt from the per-IP limit (%(default)s)")
+    parser.add_argument("--max-messages-per-second", type=float,
+                        default=defaults.max_messages_per_second)
+    parser.add_argument("--message-burst", type=int, default=defaults.message_burst)
+    parser.add_argument("--max-queued-bytes", type=int, default=defaults.max_queued_bytes)
+    parser.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
+    parser.add_argument("--record", metavar="DIR", default=None,
+                        help="write every connection's traffic to a session file in DIR")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        client_versions=args.client_versions,
+        document_versions=args.document_versions,
+        ping_interval=args.ping_interval,
+        idle_timeout=args.idle_timeout,
+        handshake_timeout=args.handshake_timeout,
+        registration_timeout=args.registration_timeout,
+        max_json_length=args.max_json_length,
+        max_name_length=args.max_name_length,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        unlimited_networks=tuple(n for n in args.unlimited_networks.split(",") if n),
+        max_messages_per_second=args.max_messages_per_second,
+        message_burst=args.message_burst,
+        max_queued_bytes=args.max_queued_bytes,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard limit; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+async def serve(config: Config, record_dir: str | None = None) -> None:
+    """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
+    from netplay.recording import open_recorder
+    from netplay.server import Server, open_listeners
+
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    listeners = await open_listeners(config)
+    async with open_recorder(record_dir, config, seed) as recorder:
+        server = Server(config, seed=seed, recorder=recorder)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            log.info(
+                "listening",
+                host=config.host,
+                port=server.port,
+                seed=seed,
+                client_versions=f"{min(config.client_versions, default='-')}"
+                f"..{max(config.client_versions, default='-')}",
+                document_versions=",".join(sorted(config.document_versions)),
+                recording=recorder.path if recorder is not None else None,
+            )
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("signal_received", signal=signal.Signals(signum).name)
+                    server.shutdown()
+                    break
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, configure logging, serve; return the exit status."""
+    args = build_parser().parse_args(argv)
+    log_format = args.log_format or ("console" if sys.stderr.isatty() else "json")
+    configure_logging(log_format=log_format, level=args.log_level)
+    config = config_from_args(args)
+    limit = raise_open_file_limit()
+    log.info("open_file_limit", limit=limit, pid=os.getpid())
+    try:
+        trio.run(serve, config, args.record)
+    except OSError as error:
+        log.error("cannot_listen", host=config.host, port=config.port, error=str(error))
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console script entry point."""
+    sys.exit(main())

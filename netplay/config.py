@@ -1,0 +1,69 @@
+"""Every setting of the server, in one frozen value."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+
+from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS
+from netplay.names import DEFAULT_MAX_NAME_LENGTH
+from netplay.wire import DEFAULT_MAX_JSON_LENGTH
+
+DEFAULT_PORT = 49569
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Server settings.  Times are in seconds, sizes in bytes."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    # Random choices (panels) derive from this; None draws a fresh seed at start.
+    seed: int | None = None
+    # Handshake versions accepted, per dialect.
+    client_versions: frozenset[str] = CLIENT_VERSIONS
+    document_versions: frozenset[str] = DOCUMENT_VERSIONS
+
+    # Heartbeat: ping after this much silence, and again each further interval.
+    ping_interval: float = 1.0
+    # Drop a connection that sent nothing for this long.
+    idle_timeout: float = 10.0
+    # Time from connect to a valid ``H``, and to a successful registration.
+    handshake_timeout: float = 10.0
+    registration_timeout: float = 60.0
+
+    # Limits, each enforced before memory is spent.
+    max_json_length: int = DEFAULT_MAX_JSON_LENGTH
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH
+    max_connections: int = 20_000
+    max_connections_per_ip: int = 64
+    # Addresses exempt from the per-IP limit (the operator's own machine).
+    unlimited_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Token bucket over every message a connection sends.
+    max_messages_per_second: float = 200.0
+    message_burst: int = 400
+    # Bytes queued for a client that does not read; past this it is dropped.
+    max_queued_bytes: int = 512 * 1024
+
+    # Lobby snapshots: at most one broadcast per interval, growing with the lobby
+    # so that a join storm costs O(players) bytes per interval, not per join.
+    snapshot_interval: float = 0.0
+    snapshot_interval_per_player: float = 0.0002
+    max_snapshot_interval: float = 0.5
+
+    # Graceful shutdown: how long connections get to flush before being cut.
+    shutdown_grace: float = 2.0
+
+    def unlimited_ip(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(n) for n in self.unlimited_networks)
+
+    def snapshot_delay(self, lobby_size: int) -> float:
+        return min(
+            self.max_snapshot_interval,
+            self.snapshot_interval + lobby_size * self.snapshot_interval_per_player,
+        )

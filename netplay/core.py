@@ -1,0 +1,307 @@
+"""The whole server without I/O: connections, handshake, heartbeat, limits, lobby.
+
+Theory of operation
+-------------------
+The trio edge (``server``) owns sockets and clocks and calls into one
+:class:`ServerCore`, passing the current time.  Every call returns a list of
+actions (``actions.Send`` / ``actions.Close``) that the edge carries out in
+order.  Because nothing here reads a clock or touches a socket, the same core
+runs over TCP, over memory streams on a virtual clock, and under a fuzzer.
+
+A connection moves through :class:`Phase`: it must open with ``H`` +
+version; an accepted version picks the connection's dialect and hands it to
+the lobby, a refused one is answered ``N`` and closed.  Frames that break the
+framing (unknown letter, oversized J frame, anything before ``H``) close the
+connection; frames that are merely wrong (bad JSON, a message not valid in the
+player's state) are logged and ignored.  Log lines about one connection are
+rate-limited, so a flood of bad messages costs one line, not one per message.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+import attrs
+import structlog
+
+from netplay import messages as m
+from netplay.actions import Action, Close, Send
+from netplay.config import Config
+from netplay.dialect import Dialect, parse_command
+from netplay.errors import RemoteProtocolError
+from netplay.lobby import Lobby, PlayerState
+from netplay.wire import Decoder
+
+log = structlog.get_logger("netplay.core")
+
+CLIENT_PING = b"ELOL"
+DOCUMENT_PING = b"W"
+HELLO_ACCEPTED = b"H"
+HELLO_REFUSED = b"N"
+_INPUT_LETTER = ord("I")
+
+# Per connection, at most this many lines about refused messages per window.
+REFUSAL_LOG_LINES = 3
+REFUSAL_LOG_WINDOW = 10.0
+
+
+class Phase(enum.Enum):
+    AWAITING_HELLO = "awaiting_hello"
+    OPEN = "open"  # version accepted; the lobby knows the player
+    CLOSING = "closing"  # refused or broken; waiting for the edge to close
+
+
+@attrs.define(eq=False)
+class Connection:
+    id: int
+    host: str
+    decoder: Decoder
+    opened_at: float
+    last_received: float
+    phase: Phase = Phase.AWAITING_HELLO
+    dialect: Dialect = Dialect.CLIENTS
+    last_ping: float = -math.inf
+    # Token bucket over incoming messages.
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+    flooding: bool = False
+    dropped_in_flood: int = 0
+    # Rate limit of the refusal log lines.
+    refusals_window_start: float = -math.inf
+    refusals_in_window: int = 0
+
+
+class ServerCore:
+    """Every connection of one server and the lobby they share.  Sans-IO."""
+
+    def __init__(self, config: Config, *, seed: int) -> None:
+        self.config = config
+        self.seed = seed
+        self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length)
+        self.connections: dict[int, Connection] = {}
+        self.connections_per_host: dict[str, int] = {}
+        self._next_id = 1
+
+    # -- connection life cycle ------------------------------------------------
+
+    def open_connection(self, host: str, now: float) -> int | None:
+        """Admit a new connection from ``host``; None if a connection limit is reached."""
+        config = self.config
+        if len(self.connections) >= config.max_connections:
+            log.warning("connection_refused", reason="max_connections", host=host)
+            return None
+        count = self.connections_per_host.get(host, 0)
+        if count >= config.max_connections_per_ip and not config.unlimited_ip(host):
+            log.warning("connection_refused", reason="max_connections_per_ip", host=host)
+            return None
+        connection_id = self._next_id
+        self._next_id += 1
+        self.connections_per_host[host] = count + 1
+        self.connections[connection_id] = Connection(
+            id=connection_id,
+            host=host,
+            decoder=Decoder(max_json_length=config.max_json_length),
+            opened_at=now,
+            last_received=now,
+            tokens=config.message_burst,
+            tokens_at=now,
+        )
+        return connection_id
+
+    def close_connection(self, connection_id: int) -> list[Action]:
+        """The connection is gone (closed, reset, dropped); tell whoever must know."""
+        connection = self.connections.pop(connection_id, None)
+        if connection is None:
+            return []
+        remaining = self.connections_per_host[connection.host] - 1
+        if remaining:
+            self.connections_per_host[connection.host] = remaining
+        else:
+            del self.connections_per_host[connection.host]
+        if connection.flooding:
+            log.warning("message_flood_ended", dropped=connection.dropped_in_flood)
+        return self.lobby.disconnect(connection_id)  # type: ignore[return-value]
+
+    # -- incoming bytes -------------------------------------------------------
+
+    def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
+        """Bytes arrived from a connection; return what to do about them."""
+        connection = self.connections[connection_id]
+        connection.last_received = now
+        if connection.phase is Phase.CLOSING:
+            return []
+        # The per-frame path: one whole input from a player in a match.
+        if len(data) == 2 and data[0] == _INPUT_LETTER and not connection.decoder.buffered:
+            target = self.lobby.input_target(connection_id)
+            if target is not None and self._admit_message(connection, now):
+                return [Send(target, data)]
+        decoder = connection.decoder
+        decoder.receive_data(data)
+        actions: list[Action] = []
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except RemoteProtocolError as error:
+                if error.fatal:
+                    log.warning("protocol_error", reason=error.reason, **error.context)
+                    return self._closing(connection, actions, error.reason)
+                if self._admit_message(connection, now):
+                    self._log_refusal(connection, error, now)
+                continue
+            if frame is None:
+                return actions
+            if not self._admit_message(connection, now):
+                continue
+            self._dispatch(connection, frame, actions, now)
+            if connection.phase is Phase.CLOSING:
+                return actions
+
+    def _dispatch(self, connection: Connection, frame: Any, actions: list[Action], now: float) -> None:
+        if connection.phase is Phase.AWAITING_HELLO:
+            if type(frame) is not m.Hello:
+                log.warning("protocol_error", reason="expected_hello", got=type(frame).__name__)
+                self._closing(connection, actions, "expected_hello")
+                return
+            self._hello(connection, frame, actions)
+            return
+        kind = type(frame)
+        if kind is m.Input:
+            target = self.lobby.input_target(connection.id)
+            if target is None:
+                self._log_refusal(
+                    connection,
+                    RemoteProtocolError(
+                        "message_not_valid_in_state",
+                        fatal=False,
+                        state=self.lobby.players[connection.id].state.value,
+                        message="Input",
+                    ),
+                    now,
+                )
+            else:
+                actions.append(Send(target, frame.raw))
+            return
+        if kind is m.Pong or kind is m.Heartbeat or kind is m.ClientPing:
+            return  # life, already noted
+        if kind is m.Hello:
+            self._log_refusal(
+                connection, RemoteProtocolError("hello_repeated", fatal=False), now
+            )
+            return
+        try:
+            if kind is m.Json:
+                frame = parse_command(frame.payload)
+            actions.extend(self.lobby.handle(connection.id, frame))
+        except RemoteProtocolError as error:
+            self._log_refusal(connection, error, now)
+
+    def _hello(self, connection: Connection, hello: m.Hello, actions: list[Action]) -> None:
+        version = hello.version
+        if version in self.config.client_versions:
+            dialect = Dialect.CLIENTS
+        elif version in self.config.document_versions:
+            dialect = Dialect.DOCUMENT
+        else:
+            log.info("hello_refused", version=version)
+            actions.append(Send(connection.id, HELLO_REFUSED))
+            self._closing(connection, actions, "version_refused")
+            return
+        connection.phase = Phase.OPEN
+        connection.dialect = dialect
+        self.lobby.connect(connection.id, dialect, int(version))
+        log.info("hello_accepted", version=version, dialect=dialect.value)
+        actions.append(Send(connection.id, HELLO_ACCEPTED))
+
+    def _closing(self, connection: Connection, actions: list[Action], reason: str) -> list[Action]:
+        connection.phase = Phase.CLOSING
+        actions.append(Close(connection.id, reason))
+        return actions
+
+    # -- limits and log hygiene -----------------------------------------------
+
+    def _admit_message(self, connection: Connection, now: float) -> bool:
+        """Token bucket: False (and one log line per flood) when over the rate."""
+        config = self.config
+        tokens = connection.tokens + (now - connection.tokens_at) * config.max_messages_per_second
+        if tokens > config.message_burst:
+            tokens = config.message_burst
+        connection.tokens_at = now
+        if tokens >= 1.0:
+            connection.tokens = tokens - 1.0
+            if connection.flooding:
+                connection.flooding = False
+                log.warning("message_flood_ended", dropped=connection.dropped_in_flood)
+            return True
+        connection.tokens = tokens
+        if not connection.flooding:
+            connection.flooding = True
+            connection.dropped_in_flood = 0
+            log.warning(
+                "message_flood", limit_per_second=config.max_messages_per_second,
+                burst=config.message_burst,
+            )
+        connection.dropped_in_flood += 1
+        return False
+
+    def _log_refusal(self, connection: Connection, error: RemoteProtocolError, now: float) -> None:
+        if now - connection.refusals_window_start >= REFUSAL_LOG_WINDOW:
+            if connection.refusals_in_window > REFUSAL_LOG_LINES:
+                log.info(
+                    "message_refusals_suppressed",
+                    count=connection.refusals_in_window - REFUSAL_LOG_LINES,
+                )
+            connection.refusals_window_start = now
+            connection.refusals_in_window = 0
+        connection.refusals_in_window += 1
+        if connection.refusals_in_window <= REFUSAL_LOG_LINES:
+            log.info("message_refused", reason=error.reason, **error.context)
+
+    # -- time ---------------------------------------------------------------
+
+    def heartbeat(self, connection_id: int, now: float) -> tuple[list[Action], float]:
+        """Pings and timeouts due at ``now``; returns the actions and when to call again."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.phase is Phase.CLOSING:
+            return [], math.inf
+        config = self.config
+        silent_since = connection.last_received
+        if now - silent_since >= config.idle_timeout:
+            log.info("connection_idle", silent_for=round(now - silent_since, 3))
+            return self._closing(connection, [], "idle_timeout"), math.inf
+        deadlines = [silent_since + config.idle_timeout]
+        if connection.phase is Phase.AWAITING_HELLO:
+            handshake_deadline = connection.opened_at + config.handshake_timeout
+            if now >= handshake_deadline:
+                log.info("handshake_timeout")
+                return self._closing(connection, [], "handshake_timeout"), math.inf
+            deadlines.append(handshake_deadline)
+        elif self.lobby.players[connection_id].state is PlayerState.UNREGISTERED:
+            registration_deadline = connection.opened_at + config.registration_timeout
+            if now >= registration_deadline:
+                log.info("registration_timeout")
+                return self._closing(connection, [], "registration_timeout"), math.inf
+            deadlines.append(registration_deadline)
+        actions: list[Action] = []
+        ping_due = max(silent_since, connection.last_ping) + config.ping_interval
+        if now >= ping_due:
+            ping = DOCUMENT_PING if connection.dialect is Dialect.DOCUMENT else CLIENT_PING
+            actions.append(Send(connection_id, ping))
+            connection.last_ping = now
+            ping_due = now + config.ping_interval
+        deadlines.append(ping_due)
+        return actions, min(deadlines)
+
+    # -- lobby snapshots -------------------------------------------------------
+
+    @property
+    def snapshot_due(self) -> bool:
+        return self.lobby.snapshot_due
+
+    def snapshot_delay(self) -> float:
+        """How long the edge waits between two lobby broadcasts now."""
+        return self.config.snapshot_delay(len(self.lobby.names))
+
+    def snapshots(self) -> list[Action]:
+        return self.lobby.snapshots()  # type: ignore[return-value]

@@ -1,0 +1,169 @@
+"""Every message of the letter protocol, as immutable values.
+
+Two layers live here.  *Frames* are what the codec in ``wire`` produces and
+consumes: one value per letter, JSON frames carried as a plain dict.
+*Commands* are what a JSON frame means once ``dialect`` has validated it;
+the lobby only ever sees commands and the fixed-length game frames.
+
+Values that occur once per game frame (inputs) are interned so that the
+per-frame path allocates nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+# ---------------------------------------------------------------------------
+# Frames sent by clients
+
+
+@attrs.frozen
+class Hello:
+    """``H`` + 3 digits: the client's protocol version."""
+
+    version: str
+
+
+@attrs.frozen
+class ClientPing:
+    """``E`` + 3 characters sent by a client; counts as life, needs no answer."""
+
+    token: str
+
+
+@attrs.frozen
+class Pong:
+    """``F`` + 3 characters: the answer to the server's ``E`` ping."""
+
+    token: str
+
+
+@attrs.frozen
+class Heartbeat:
+    """``W``: the design document's heartbeat, in either direction."""
+
+
+@attrs.frozen
+class PanelRequest:
+    """``P`` or ``Q`` + ncolors digit + 6 digits of the client's top row.
+
+    ``ncolors`` and ``top_row`` are kept as received; the lobby validates them.
+    """
+
+    garbage: bool
+    ncolors: str
+    top_row: str
+
+
+@attrs.frozen
+class Input:
+    """``I`` + one symbol: one frame of a player's input, in either direction."""
+
+    raw: bytes  # the whole 2-byte message, relayed as is
+
+
+@attrs.frozen
+class LevelPick:
+    """``L`` + one digit: a legacy level pick, in either direction."""
+
+    raw: bytes
+
+
+@attrs.frozen
+class Json:
+    """``J`` + length + a JSON object, in either direction."""
+
+    payload: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------
+# Frames sent by the server only
+
+
+@attrs.frozen
+class HelloAccepted:
+    """``H``: the version was accepted."""
+
+
+@attrs.frozen
+class HelloRefused:
+    """``N``: the version was refused; the server closes the connection."""
+
+
+@attrs.frozen
+class Ping:
+    """``E`` + 3 characters: are you there?  Answered by ``F`` + the same 3."""
+
+    token: str
+
+
+@attrs.frozen
+class Panels:
+    """``P``/``O``/``Q``/``R`` + 120 digits: 20 rows of panels."""
+
+    letter: str
+    digits: str
+
+
+ClientFrame = Hello | ClientPing | Pong | Heartbeat | PanelRequest | Input | LevelPick | Json
+ServerFrame = (
+    HelloAccepted | HelloRefused | Ping | Heartbeat | Panels | Input | LevelPick | Json
+)
+
+# One value per possible byte, so decoding an input allocates nothing.
+INPUTS: tuple[Input, ...] = tuple(Input(bytes((ord("I"), b))) for b in range(256))
+LEVEL_PICKS: tuple[LevelPick, ...] = tuple(LevelPick(bytes((ord("L"), b))) for b in range(256))
+HEARTBEAT = Heartbeat()
+
+# ---------------------------------------------------------------------------
+# Commands: what a client's JSON frame asks for, after validation
+
+
+@attrs.frozen
+class Register:
+    """``{"name", "level", "character"}``: join the lobby under a name."""
+
+    name: str
+    level: int
+    character: str
+
+
+@attrs.frozen
+class GameRequest:
+    """``game_request`` / ``game_request_to_server``: I want to play ``receiver``."""
+
+    sender: str
+    receiver: str
+
+
+@attrs.frozen
+class MenuState:
+    """A player's character-select screen: where the cursor is, ready or not."""
+
+    cursor: str
+    ready: bool
+    character: str
+    level: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "ready": self.ready,
+            "character": self.character,
+            "level": self.level,
+        }
+
+
+@attrs.frozen
+class LeaveRoom:
+    """``{"leave_room": true}``: back to the lobby, with the opponent."""
+
+
+@attrs.frozen
+class GameOver:
+    """``{"game_over": true}``: this player's game has ended."""
+
+
+Command = Register | GameRequest | MenuState | LeaveRoom | GameOver

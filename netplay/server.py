@@ -1,0 +1,282 @@
+"""The trio edge: listeners, one nursery per connection, the snapshot timer.
+
+Everything the server decides is decided by ``core.ServerCore``; this module
+moves bytes between streams and the core and keeps time.  Each connection
+runs three tasks in its own nursery: a reader that feeds the core, the only
+writer of its stream (fed by a bounded queue), and a heartbeat timer.  A
+connection that fails in any way ends alone; the others never notice.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import socket
+from typing import Any, Protocol
+
+import attrs
+import structlog
+import trio
+
+from netplay.actions import Action, Close, Send
+from netplay.config import Config
+from netplay.core import ServerCore
+
+log = structlog.get_logger("netplay.server")
+
+RECEIVE_SIZE = 65536
+# After a refusal or a protocol error: how long to read and discard the
+# client's remaining bytes after our last message, so that closing does not
+# turn into a reset that could destroy that message in flight.
+LINGER_SECONDS = 1.0
+
+
+class Recorder(Protocol):
+    """What the server tells a session recorder (see ``recording``)."""
+
+    def connected(self, connection_id: int, peer: str, now: float) -> None: ...
+    def received(self, connection_id: int, data: bytes, now: float) -> None: ...
+    def sent(self, connection_id: int, data: bytes, now: float) -> None: ...
+    def end_of_stream(self, connection_id: int, now: float) -> None: ...
+    def closed(self, connection_id: int, reason: str, now: float) -> None: ...
+
+
+@attrs.define(eq=False)
+class Link:
+    """The I/O side of one connection."""
+
+    id: int
+    stream: trio.abc.Stream
+    cancel_scope: trio.CancelScope
+    queue: collections.deque[bytes] = attrs.Factory(collections.deque)
+    queued_bytes: int = 0
+    data_ready: trio.Event = attrs.Factory(trio.Event)
+    close_reason: str | None = None
+    end_of_stream: trio.Event = attrs.Factory(trio.Event)
+    dead: bool = False
+
+
+def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return ("memory", 0)
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return ("unknown", 0)
+    return (str(address[0]), int(address[1]))
+
+
+class Server:
+    """One netplay server: a core, its connections, and the timers around it."""
+
+    def __init__(self, config: Config, *, seed: int, recorder: Recorder | None = None) -> None:
+        self.config = config
+        self.core = ServerCore(config, seed=seed)
+        self.recorder = recorder
+        self.links: dict[int, Link] = {}
+        self._nursery: trio.Nursery | None = None
+        self._accept_scope = trio.CancelScope()
+        self._snapshot_wanted = trio.Event()
+        self._last_snapshot = -math.inf
+        self._shutdown = trio.Event()
+        self.port: int | None = None
+
+    # -- running ------------------------------------------------------------
+
+    async def run(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until :meth:`shutdown`; then close every connection within the grace time."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._snapshot_loop)
+            if listeners:
+                self.port = listeners[0].socket.getsockname()[1]
+                nursery.start_soon(self._accept_loop, listeners)
+            task_status.started(self)
+            await self._shutdown.wait()
+            self._accept_scope.cancel()
+            log.info("shutting_down", connections=len(self.links))
+            for link in list(self.links.values()):
+                self._request_close(link, "server_shutdown")
+            with trio.move_on_after(self.config.shutdown_grace):
+                while self.links:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    def shutdown(self) -> None:
+        """Stop accepting and close every connection (see :meth:`run`)."""
+        self._shutdown.set()
+
+    def open_stream(self, stream: trio.abc.Stream, peer: tuple[str, int] | None = None) -> None:
+        """Serve one already connected stream (a socket, or a memory stream in tests)."""
+        assert self._nursery is not None, "the server is not running"
+        self._nursery.start_soon(self.serve_stream, stream, peer)
+
+    async def _accept_loop(self, listeners: list[trio.SocketListener]) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(self.serve_stream, listeners, handler_nursery=self._nursery)
+
+    # -- one connection ---------------------------------------------------------
+
+    async def serve_stream(
+        self, stream: trio.abc.Stream, peer: tuple[str, int] | None = None
+    ) -> None:
+        """Serve one connection until it ends.  Owns and closes ``stream``."""
+        host, port = peer or peer_of(stream)
+        now = trio.current_time()
+        connection_id = self.core.open_connection(host, now)
+        if connection_id is None:
+            await trio.aclose_forcefully(stream)
+            return
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        structlog.contextvars.bind_contextvars(player=connection_id, peer=f"{host}:{port}")
+        if self.recorder is not None:
+            self.recorder.connected(connection_id, f"{host}:{port}", now)
+        log.info("connected")
+        reason = "ended"
+        try:
+            async with trio.open_nursery() as nursery:
+                link = Link(connection_id, stream, nursery.cancel_scope)
+                self.links[connection_id] = link
+                nursery.start_soon(self._reader, link)
+                nursery.start_soon(self._writer, link)
+                nursery.start_soon(self._heartbeat, link)
+        except trio.BrokenResourceError:
+            reason = "connection_reset"
+        except Exception:
+            # Our own bug: end this connection only, with the whole story logged.
+            log.exception("connection_failed")
+            reason = "internal_error"
+        finally:
+            link = self.links.pop(connection_id)
+            link.dead = True
+            reason = link.close_reason or reason
+            if self.recorder is not None:
+                self.recorder.closed(connection_id, reason, trio.current_time())
+            self._execute(self.core.close_connection(connection_id))
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+            log.info("disconnected", reason=reason)
+
+    async def _reader(self, link: Link) -> None:
+        core, stream, recorder = self.core, link.stream, self.recorder
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                link.close_reason = link.close_reason or "connection_reset"
+                link.cancel_scope.cancel()
+                return
+            now = trio.current_time()
+            if not data:
+                link.end_of_stream.set()
+                if recorder is not None:
+                    recorder.end_of_stream(link.id, now)
+                if link.close_reason is None:
+                    link.close_reason = "end_of_stream"
+                    link.cancel_scope.cancel()
+                return
+            if recorder is not None:
+                recorder.received(link.id, data, now)
+            self._execute(core.receive(link.id, data, now))
+
+    async def _writer(self, link: Link) -> None:
+        stream, queue = link.stream, link.queue
+        while True:
+            if not queue:
+                if link.close_reason is not None:
+                    break
+                await link.data_ready.wait()
+                link.data_ready = trio.Event()
+                continue
+            if len(queue) == 1:
+                data = queue.popleft()
+            else:
+                data = b"".join(queue)
+                queue.clear()
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                link.close_reason = link.close_reason or "connection_reset"
+                link.cancel_scope.cancel()
+                return
+            link.queued_bytes -= len(data)
+        # Close requested and everything flushed: half-close, and give the peer
+        # a moment to read our last bytes before the socket goes away.
+        try:
+            await stream.send_eof()  # type: ignore[attr-defined]
+        except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        with trio.move_on_after(LINGER_SECONDS):
+            await link.end_of_stream.wait()
+        link.cancel_scope.cancel()
+
+    async def _heartbeat(self, link: Link) -> None:
+        core = self.core
+        while True:
+            actions, wake_at = core.heartbeat(link.id, trio.current_time())
+            self._execute(actions)
+            await trio.sleep_until(wake_at)
+
+    # -- carrying out the core's decisions ----------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if type(action) is Send:
+                self._deliver(action.player, action.data)
+            else:
+                assert isinstance(action, Close)
+                link = self.links.get(action.player)
+                if link is not None:
+                    self._request_close(link, action.reason)
+        if self.core.snapshot_due:
+            self._snapshot_wanted.set()
+
+    def _deliver(self, connection_id: int, data: bytes) -> None:
+        link = self.links.get(connection_id)
+        if link is None or link.dead:
+            return
+        if link.queued_bytes + len(data) > self.config.max_queued_bytes:
+            self._drop(link, "send_queue_full", queued=link.queued_bytes)
+            return
+        if self.recorder is not None:
+            self.recorder.sent(connection_id, data, trio.current_time())
+        link.queue.append(data)
+        link.queued_bytes += len(data)
+        link.data_ready.set()
+
+    def _request_close(self, link: Link, reason: str) -> None:
+        if link.close_reason is None:
+            link.close_reason = reason
+        link.data_ready.set()
+
+    def _drop(self, link: Link, reason: str, **context: Any) -> None:
+        """End a connection now, without flushing, and tell its opponent."""
+        log.warning("connection_dropped", dropped=link.id, reason=reason, **context)
+        link.dead = True
+        link.close_reason = reason
+        link.queue.clear()
+        link.cancel_scope.cancel()
+        self._execute(self.core.close_connection(link.id))
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await self._snapshot_wanted.wait()
+            self._snapshot_wanted = trio.Event()
+            await trio.sleep_until(self._last_snapshot + self.core.snapshot_delay())
+            self._last_snapshot = trio.current_time()
+            self._execute(self.core.snapshots())
+
+
+async def open_listeners(config: Config) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(config.port, host=config.host or None)
