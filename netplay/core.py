@@ -215,7 +215,9 @@ class ServerCore:
         actions.append(Send(connection.id, HELLO_ACCEPTED))
 
     def _closing(self, connection: Connection, actions: list[Action], reason: str) -> list[Action]:
+        """Leave the lobby now (the opponent learns at once); the edge closes after flushing."""
         connection.phase = Phase.CLOSING
+        actions.extend(self.lobby.disconnect(connection.id))
         actions.append(Close(connection.id, reason))
         return actions
 
