@@ -7,10 +7,15 @@ import attrs
 
 @attrs.frozen
 class Send:
-    """Deliver ``data`` to connection ``player``, after everything queued before it."""
+    """Deliver ``data`` to connection ``player``, after everything queued before it.
+
+    A ``snapshot`` is a whole lobby state: a newer one makes an older one that
+    still waits in the same queue worthless, so the edge may drop the older.
+    """
 
     player: int
     data: bytes
+    snapshot: bool = False
 
 
 @attrs.frozen

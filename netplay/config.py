@@ -41,8 +41,8 @@ class Config:
     # Addresses exempt from the per-IP limit (the operator's own machine).
     unlimited_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # Token bucket over every message a connection sends.
-    max_messages_per_second: float = 200.0
-    message_burst: int = 400
+    max_messages_per_second: float = 300.0
+    message_burst: int = 1200
     # Bytes queued for a client that does not read; past this it is dropped.
     max_queued_bytes: int = 512 * 1024
 
@@ -50,7 +50,7 @@ class Config:
     # so that a join storm costs O(players) bytes per interval, not per join.
     snapshot_interval: float = 0.0
     snapshot_interval_per_player: float = 0.0002
-    max_snapshot_interval: float = 0.5
+    max_snapshot_interval: float = 2.0
 
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0

@@ -306,4 +306,5 @@ class ServerCore:
         return self.config.snapshot_delay(len(self.lobby.names))
 
     def snapshots(self) -> list[Action]:
-        return self.lobby.snapshots()  # type: ignore[return-value]
+        """Lobby snapshots due now, marked so a newer one supersedes an unsent older one."""
+        return [Send(send.player, send.data, snapshot=True) for send in self.lobby.snapshots()]

@@ -60,6 +60,8 @@ class Link:
     fd: int | None = None
     # True while the writer task is inside send_all; no direct write then.
     sending: bool = False
+    # The lobby snapshot still waiting in ``queue``, if any.
+    queued_snapshot: bytes | None = None
 
 
 def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
@@ -234,7 +236,10 @@ class Server:
             else:
                 data = b"".join(queue)
                 queue.clear()
+            link.queued_snapshot = None
             link.sending = True
+            if self.recorder is not None:
+                self.recorder.sent(link.id, data, trio.current_time())
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -266,7 +271,7 @@ class Server:
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
             if type(action) is Send:
-                self._deliver(action.player, action.data)
+                self._deliver(action.player, action.data, action.snapshot)
             else:
                 assert isinstance(action, Close)
                 link = self.links.get(action.player)
@@ -275,12 +280,15 @@ class Server:
         if self.core.snapshot_due:
             self._snapshot_wanted.set()
 
-    def _deliver(self, connection_id: int, data: bytes) -> None:
+    def _deliver(self, connection_id: int, data: bytes, snapshot: bool = False) -> None:
         link = self.links.get(connection_id)
         if link is None or link.dead:
             return
-        if self.recorder is not None:
-            self.recorder.sent(connection_id, data, trio.current_time())
+        if snapshot and link.queued_snapshot is not None:
+            # A client that reads slowly gets the latest lobby, not every lobby.
+            link.queue.remove(link.queued_snapshot)
+            link.queued_bytes -= len(link.queued_snapshot)
+            link.queued_snapshot = None
         if link.fd is not None and not link.queue and not link.sending:
             # Nothing ahead of it: write now, queue only what the socket refuses.
             try:
@@ -290,12 +298,19 @@ class Server:
             except OSError:
                 self._drop(link, "connection_reset", quiet=True)
                 return
+            if written and self.recorder is not None:
+                self.recorder.sent(connection_id, data[:written], trio.current_time())
             if written == len(data):
                 return
-            data = data[written:]
+            if written:
+                # Part of it is on the wire: the rest must follow as it is.
+                data = data[written:]
+                snapshot = False
         if link.queued_bytes + len(data) > self.config.max_queued_bytes:
             self._drop(link, "send_queue_full", queued=link.queued_bytes)
             return
+        if snapshot:
+            link.queued_snapshot = data
         link.queue.append(data)
         link.queued_bytes += len(data)
         link.data_ready.set()

@@ -180,3 +180,21 @@ async def test_client_that_never_reads_is_dropped_and_its_opponent_told(autojump
         message = await alice.receive_until("leave_room")
         assert message["unpaired"] == ["alice"]
         assert "sleeper" not in server.core.lobby.names
+
+
+async def test_a_slow_reader_gets_the_latest_lobby_not_every_lobby(autojump_clock):
+    async with running_server() as server:
+        slow = connect_in_process(server, lockstep=True)
+        await slow.send(b"H004" + encode_json({"name": "slow", "level": 5, "character": "x"}))
+        others = []
+        for index in range(6):
+            other = connect_in_process(server)
+            await other.register(f"p{index}")
+            others.append(other)
+            await trio.sleep(1)  # one lobby broadcast per join
+        lists = []
+        assert await slow.receive() == m.HelloAccepted()
+        while not lists or len(lists[-1]) < 7:
+            lists.append((await slow.receive_json())["unpaired"])
+        # Six broadcasts were made while it did not read; it gets only the latest.
+        assert lists == [sorted(["slow"] + [f"p{i}" for i in range(6)])]
