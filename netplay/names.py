@@ -11,8 +11,9 @@ def name_problem(name: object, max_length: int = DEFAULT_MAX_NAME_LENGTH) -> str
     """Why ``name`` cannot be a player name, or None when it can.
 
     A name is a string of 1 to ``max_length`` characters that is not only
-    spaces and holds no control, format, surrogate, private-use or unassigned
-    character and no line or paragraph separator.  Names are compared exactly.
+    spaces (of any kind) and holds no control, format, surrogate, private-use
+    or unassigned character and no line or paragraph separator.  Names are
+    compared exactly.
     """
     if not isinstance(name, str):
         return "not_a_string"
@@ -20,7 +21,7 @@ def name_problem(name: object, max_length: int = DEFAULT_MAX_NAME_LENGTH) -> str
         return "empty"
     if len(name) > max_length:
         return "too_long"
-    if not name.strip(" "):
+    if not name.strip():  # any whitespace: a name of only no-break spaces is just as blank
         return "blank"
     for character in name:
         category = unicodedata.category(character)

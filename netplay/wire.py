@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from typing import Any
 
 from netplay import messages as m
@@ -90,6 +91,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # "1e400" is valid JSON syntax but overflows to infinity, which JSON cannot hold.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:32]} overflows a float")
+    return value
+
+
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """Parse a J frame's body; raise a non-fatal RemoteProtocolError if it is not a JSON object."""
     try:
@@ -99,7 +108,7 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
             "json_not_utf8", fatal=False, position=error.start
         ) from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         # ValueError covers JSONDecodeError, NaN/Infinity and over-long integers.
         raise RemoteProtocolError(
@@ -227,14 +236,21 @@ class Decoder:
 
 def encode_json(payload: dict[str, Any]) -> bytes:
     """``J`` + 3-byte big-endian length + compact UTF-8 JSON."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as error:  # NaN or Infinity, which no JSON parser accepts
+        raise LocalProtocolError(f"cannot encode as JSON: {error}") from None
+    body = text.encode("utf-8")
     if len(body) > MAX_JSON_LENGTH_ON_WIRE:
         raise LocalProtocolError(f"JSON body of {len(body)} bytes cannot be framed")
     return b"J" + len(body).to_bytes(3, "big") + body
 
 
 def _fixed(letter: str, body: str, length: int) -> bytes:
-    data = (letter + body).encode("ascii")
+    try:
+        data = (letter + body).encode("ascii")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(f"{letter!r} message must be ASCII, got {body!r}") from None
     if len(data) != length:
         raise LocalProtocolError(f"{letter!r} message must be {length} bytes, got {data!r}")
     return data
@@ -244,11 +260,14 @@ def encode(frame: Any) -> bytes:
     """Bytes of any frame in either direction (see ``messages``)."""
     match frame:
         case m.Input(raw) | m.LevelPick(raw):
+            letter = b"I" if type(frame) is m.Input else b"L"
+            if len(raw) != 2 or raw[:1] != letter:
+                raise LocalProtocolError(f"{letter!r} message must be 2 bytes, got {raw!r}")
             return raw
         case m.Json(payload):
             return encode_json(payload)
         case m.Panels(letter, digits):
-            if letter not in "POQR":
+            if letter not in ("P", "O", "Q", "R"):  # not `in "POQR"`: "" and "PO" are in it
                 raise LocalProtocolError(f"{letter!r} is not a panel letter")
             return _fixed(letter, digits, 121)
         case m.Ping(token):
@@ -266,5 +285,7 @@ def encode(frame: Any) -> bytes:
         case m.Heartbeat():
             return b"W"
         case m.PanelRequest(garbage, ncolors, top_row):
+            if len(ncolors) != 1:
+                raise LocalProtocolError(f"ncolors must be one character, got {ncolors!r}")
             return _fixed("Q" if garbage else "P", ncolors + top_row, 8)
     raise LocalProtocolError(f"cannot encode {frame!r}")
