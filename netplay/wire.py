@@ -121,6 +121,21 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def _length_table(lengths: dict[str, int]) -> bytes:
+    """Message length by letter byte; 0 for a letter the direction does not have."""
+    table = bytearray(256)
+    for letter, length in lengths.items():
+        table[ord(letter)] = length
+    return bytes(table)
+
+
+# Shared by every decoder: a table per connection would cost memory per connection.
+_LENGTH_TABLES = {
+    Direction.CLIENT_TO_SERVER: _length_table(CLIENT_TO_SERVER_LENGTHS),
+    Direction.SERVER_TO_CLIENT: _length_table(SERVER_TO_CLIENT_LENGTHS),
+}
+
+
 class Decoder:
     """Incremental decoder for one direction of one connection.
 
@@ -139,15 +154,7 @@ class Decoder:
     ) -> None:
         if not 0 <= max_json_length <= MAX_JSON_LENGTH_ON_WIRE:
             raise LocalProtocolError(f"max_json_length {max_json_length} cannot be framed")
-        table = (
-            CLIENT_TO_SERVER_LENGTHS
-            if direction is Direction.CLIENT_TO_SERVER
-            else SERVER_TO_CLIENT_LENGTHS
-        )
-        lengths = [0] * 256  # 0: not a letter of this direction
-        for letter, length in table.items():
-            lengths[ord(letter)] = length
-        self._lengths = lengths
+        self._lengths = _LENGTH_TABLES[direction]
         self._make = _client_frame if direction is Direction.CLIENT_TO_SERVER else _server_frame
         self._buffer = bytearray()
         self._start = 0
