@@ -42,6 +42,8 @@ HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
 
+_SIGNS_OF_LIFE = frozenset({m.Pong, m.Heartbeat, m.ClientPing})
+
 # Per connection, at most this many lines about refused messages per window.
 REFUSAL_LOG_LINES = 3
 REFUSAL_LOG_WINDOW = 10.0
@@ -122,7 +124,19 @@ class ServerCore:
             del self.connections_per_host[connection.host]
         if connection.flooding:
             log.warning("message_flood_ended", dropped=connection.dropped_in_flood)
+        if connection.refusals_in_window > REFUSAL_LOG_LINES:
+            log.info(
+                "message_refusals_suppressed",
+                count=connection.refusals_in_window - REFUSAL_LOG_LINES,
+            )
         return self.lobby.disconnect(connection_id)  # type: ignore[return-value]
+
+    def request_close(self, connection_id: int, reason: str) -> list[Action]:
+        """Close a connection on the server's own initiative (e.g. shutdown)."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.phase is Phase.CLOSING:
+            return []
+        return self._closing(connection, [], reason)
 
     # -- incoming bytes -------------------------------------------------------
 
@@ -135,8 +149,8 @@ class ServerCore:
         # The per-frame path: one whole input from a player in a match.
         if len(data) == 2 and data[0] == _INPUT_LETTER and not connection.decoder.buffered:
             target = self.lobby.input_target(connection_id)
-            if target is not None and self._admit_message(connection, now):
-                return [Send(target, data)]
+            if target is not None:
+                return [Send(target, data)] if self._admit_message(connection, now) else []
         decoder = connection.decoder
         decoder.receive_data(data)
         actions: list[Action] = []
@@ -144,6 +158,9 @@ class ServerCore:
             try:
                 frame = decoder.next_frame()
             except RemoteProtocolError as error:
+                if connection.phase is Phase.AWAITING_HELLO:
+                    log.warning("protocol_error", reason="expected_hello", got=error.reason)
+                    return self._closing(connection, actions, "expected_hello")
                 if error.fatal:
                     log.warning("protocol_error", reason=error.reason, **error.context)
                     return self._closing(connection, actions, error.reason)
@@ -160,6 +177,8 @@ class ServerCore:
 
     def _dispatch(self, connection: Connection, frame: Any, actions: list[Action], now: float) -> None:
         if connection.phase is Phase.AWAITING_HELLO:
+            if type(frame) in _SIGNS_OF_LIFE:
+                return  # e.g. a pong to a ping sent before the client said hello
             if type(frame) is not m.Hello:
                 log.warning("protocol_error", reason="expected_hello", got=type(frame).__name__)
                 self._closing(connection, actions, "expected_hello")
@@ -183,8 +202,8 @@ class ServerCore:
             else:
                 actions.append(Send(target, frame.raw))
             return
-        if kind is m.Pong or kind is m.Heartbeat or kind is m.ClientPing:
-            return  # life, already noted
+        if kind in _SIGNS_OF_LIFE:
+            return  # already noted as life
         if kind is m.Hello:
             self._log_refusal(
                 connection, RemoteProtocolError("hello_repeated", fatal=False), now

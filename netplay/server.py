@@ -109,8 +109,8 @@ class Server:
             await self._shutdown.wait()
             self._accept_scope.cancel()
             log.info("shutting_down", connections=len(self.links))
-            for link in list(self.links.values()):
-                self._request_close(link, "server_shutdown")
+            for connection_id in list(self.links):
+                self._execute(self.core.request_close(connection_id, "server_shutdown"))
             with trio.move_on_after(self.config.shutdown_grace):
                 while self.links:
                     await trio.sleep(0.01)
@@ -306,7 +306,8 @@ class Server:
                 # Part of it is on the wire: the rest must follow as it is.
                 data = data[written:]
                 snapshot = False
-        if link.queued_bytes + len(data) > self.config.max_queued_bytes:
+        # One message always fits in an empty queue, however large the lobby grows.
+        if link.queued_bytes and link.queued_bytes + len(data) > self.config.max_queued_bytes:
             self._drop(link, "send_queue_full", queued=link.queued_bytes)
             return
         if snapshot:
