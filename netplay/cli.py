@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import math
 import os
 import resource
 import secrets
 import signal
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import structlog
 import trio
@@ -16,6 +18,7 @@ import trio
 from netplay import __version__
 from netplay.config import DEFAULT_PORT, Config
 from netplay.logs import LEVELS, configure_logging
+from netplay.wire import MAX_JSON_LENGTH_ON_WIRE
 
 log = structlog.get_logger("netplay.cli")
 
@@ -24,12 +27,43 @@ def _versions(text: str) -> frozenset[str]:
     """``004-019,021`` -> {"004", ..., "019", "021"}."""
     versions: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
-        low, _, high = part.partition("-")
-        for value in (low, high or low):
-            if not (len(value) == 3 and value.isdigit()):
+        low, dash, high = part.partition("-")
+        if not dash:
+            high = low
+        for value in (low, high):
+            if not (len(value) == 3 and value.isascii() and value.isdigit()):
                 raise argparse.ArgumentTypeError(f"{value!r} is not a 3-digit version")
-        versions.update(f"{v:03d}" for v in range(int(low), int(high or low) + 1))
+        if int(high) < int(low):
+            raise argparse.ArgumentTypeError(f"{part!r} is an empty range")
+        versions.update(f"{v:03d}" for v in range(int(low), int(high) + 1))
     return frozenset(versions)
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    networks = tuple(n.strip() for n in text.split(",") if n.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return networks
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"netplay {__version__}")
     parser.add_argument("--host", default=defaults.host, help="address to listen on (%(default)s)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 picks a free one (%(default)s)"
+        "--port", type=_bounded_int(0, 65535), default=DEFAULT_PORT, help="TCP port, 0 picks a free one (%(default)s)"
     )
     parser.add_argument("--log-format", choices=("console", "json"), default=None,
                         help="console on a terminal, json otherwise")
@@ -52,23 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--document-versions", type=_versions,
                         default=defaults.document_versions, metavar="LIST",
                         help="versions of the design document's dialect (139)")
-    parser.add_argument("--ping-interval", type=float, default=defaults.ping_interval)
-    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout)
-    parser.add_argument("--handshake-timeout", type=float, default=defaults.handshake_timeout)
-    parser.add_argument("--registration-timeout", type=float,
+    parser.add_argument("--ping-interval", type=_positive_float, default=defaults.ping_interval)
+    parser.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout)
+    parser.add_argument("--handshake-timeout", type=_positive_float,
+                        default=defaults.handshake_timeout)
+    parser.add_argument("--registration-timeout", type=_positive_float,
                         default=defaults.registration_timeout)
-    parser.add_argument("--max-json-length", type=int, default=defaults.max_json_length)
-    parser.add_argument("--max-name-length", type=int, default=defaults.max_name_length)
-    parser.add_argument("--max-connections", type=int, default=defaults.max_connections)
-    parser.add_argument("--max-connections-per-ip", type=int,
+    parser.add_argument("--max-json-length", type=_bounded_int(2, MAX_JSON_LENGTH_ON_WIRE),
+                        default=defaults.max_json_length)
+    parser.add_argument("--max-name-length", type=_bounded_int(1, 1000),
+                        default=defaults.max_name_length)
+    parser.add_argument("--max-connections", type=_bounded_int(1, 10_000_000),
+                        default=defaults.max_connections)
+    parser.add_argument("--max-connections-per-ip", type=_bounded_int(1, 10_000_000),
                         default=defaults.max_connections_per_ip)
-    parser.add_argument("--unlimited-networks", default=",".join(defaults.unlimited_networks),
-                        help="networks exempt from the per-IP limit (%(default)s)")
-    parser.add_argument("--max-messages-per-second", type=float,
+    parser.add_argument("--unlimited-networks", type=_networks,
+                        default=defaults.unlimited_networks, metavar="LIST",
+                        help="networks exempt from the per-IP limit (loopback)")
+    parser.add_argument("--max-messages-per-second", type=_positive_float,
                         default=defaults.max_messages_per_second)
-    parser.add_argument("--message-burst", type=int, default=defaults.message_burst)
-    parser.add_argument("--max-queued-bytes", type=int, default=defaults.max_queued_bytes)
-    parser.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace)
+    parser.add_argument("--message-burst", type=_bounded_int(1, 10_000_000),
+                        default=defaults.message_burst)
+    parser.add_argument("--max-queued-bytes", type=_bounded_int(1024, 1 << 40),
+                        default=defaults.max_queued_bytes)
+    parser.add_argument("--shutdown-grace", type=_positive_float, default=defaults.shutdown_grace)
     parser.add_argument("--record", metavar="DIR", default=None,
                         help="write every connection's traffic to a session file in DIR")
     return parser
@@ -89,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_name_length=args.max_name_length,
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip,
-        unlimited_networks=tuple(n for n in args.unlimited_networks.split(",") if n),
+        unlimited_networks=args.unlimited_networks,
         max_messages_per_second=args.max_messages_per_second,
         message_burst=args.message_burst,
         max_queued_bytes=args.max_queued_bytes,

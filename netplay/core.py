@@ -142,10 +142,12 @@ class ServerCore:
 
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
         """Bytes arrived from a connection; return what to do about them."""
-        connection = self.connections[connection_id]
-        connection.last_received = now
-        if connection.phase is Phase.CLOSING:
+        connection = self.connections.get(connection_id)
+        # Gone or closing: bytes read in the same instant that the connection
+        # was dropped (by another task) are of no interest any more.
+        if connection is None or connection.phase is Phase.CLOSING:
             return []
+        connection.last_received = now
         # The per-frame path: one whole input from a player in a match.
         if len(data) == 2 and data[0] == _INPUT_LETTER and not connection.decoder.buffered:
             target = self.lobby.input_target(connection_id)
@@ -288,10 +290,13 @@ class ServerCore:
             return [], math.inf
         config = self.config
         silent_since = connection.last_received
-        if now - silent_since >= config.idle_timeout:
+        # Every rule compares ``now`` with the very deadline it returns, so a
+        # call at the returned time always acts (no rounding gap to spin in).
+        idle_deadline = silent_since + config.idle_timeout
+        if now >= idle_deadline:
             log.info("connection_idle", silent_for=round(now - silent_since, 3))
             return self._closing(connection, [], "idle_timeout"), math.inf
-        deadlines = [silent_since + config.idle_timeout]
+        deadlines = [idle_deadline]
         if connection.phase is Phase.AWAITING_HELLO:
             handshake_deadline = connection.opened_at + config.handshake_timeout
             if now >= handshake_deadline:

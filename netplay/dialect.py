@@ -37,7 +37,19 @@ def _text(value: object, field: str) -> str:
         raise _fail("field_not_a_string", field=field, value_type=type(value).__name__)
     if len(value) > MAX_TEXT_FIELD_LENGTH:
         raise _fail("field_too_long", field=field, length=len(value))
+    if not _encodable(value):
+        raise _fail("field_not_unicode", field=field)
     return value
+
+
+def _encodable(value: str) -> bool:
+    # JSON escapes can smuggle in lone surrogates, which UTF-8 cannot carry:
+    # such a string could never be forwarded to anyone.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _level(value: object) -> int:

@@ -30,6 +30,8 @@ RECEIVE_SIZE = 65536
 # client's remaining bytes after our last message, so that closing does not
 # turn into a reset that could destroy that message in flight.
 LINGER_SECONDS = 1.0
+# The longest a closing connection may spend flushing and lingering.
+CLOSE_FLUSH_SECONDS = 2.0
 
 
 class Recorder(Protocol):
@@ -319,6 +321,10 @@ class Server:
     def _request_close(self, link: Link, reason: str) -> None:
         if link.close_reason is None:
             link.close_reason = reason
+            # Flushing to a client that does not read must not keep it forever.
+            link.cancel_scope.deadline = min(
+                link.cancel_scope.deadline, trio.current_time() + CLOSE_FLUSH_SECONDS
+            )
         link.data_ready.set()
 
     def _drop(self, link: Link, reason: str, *, quiet: bool = False, **context: Any) -> None:
