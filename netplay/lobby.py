@@ -170,7 +170,11 @@ def shares_starting_board(first: Player, second: Player) -> bool:
     only players whose levels are both below 9 or both 9 and above share.
     """
     assert first.menu is not None and second.menu is not None
-    if max(first.version, second.version) < LEVEL_CLASS_SHARING_VERSION:
+    # Check the dialect too: a document version below 019 may be configured.
+    if all(
+        p.dialect is Dialect.CLIENTS and p.version < LEVEL_CLASS_SHARING_VERSION
+        for p in (first, second)
+    ):
         return True
     return (first.menu.level >= HIGH_LEVEL) == (second.menu.level >= HIGH_LEVEL)
 

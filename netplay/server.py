@@ -196,8 +196,10 @@ class Server:
                 if recorder is not None:
                     recorder.end_of_stream(link.id, now)
                 if link.close_reason is None:
-                    link.close_reason = "end_of_stream"
-                    link.cancel_scope.cancel()
+                    # The opponent learns at once; what is queued is still flushed,
+                    # since a half-closed client may well be reading its replies.
+                    self._execute(core.close_connection(link.id))
+                    self._request_close(link, "end_of_stream")
                 return
             if recorder is not None:
                 recorder.received(link.id, data, now)

@@ -1,0 +1,446 @@
+"""Replaying recorded sessions: the corpus in process, live over TCP, through the proxy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import attrs
+import pytest
+import trio
+
+from netplay import messages as m
+from netplay.recording import (
+    Event,
+    Session,
+    config_for_replay,
+    format_session,
+    open_session_file,
+    read_session,
+    write_session,
+)
+from netplay.replay import (
+    ReplayError,
+    describe_message,
+    messages_equal,
+    replay_in_process,
+    replay_live,
+    split_messages,
+)
+from netplay.server import Server
+from netplay.testing import ScriptedClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = sorted((ROOT / "tests" / "sessions").glob("*.session"))
+
+
+def load_tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def corpus(name: str) -> Session:
+    return read_session(str(ROOT / "tests" / "sessions" / f"{name}.session"))
+
+
+def sent_messages(session: Session, connection: int) -> list[bytes]:
+    data = b"".join(
+        e.data for e in session.events if e.connection == connection and e.kind == "send"
+    )
+    return split_messages(data)
+
+
+def alter_sent_byte(session: Session, connection: int, message: bytes, offset: int) -> Session:
+    """The session with one byte changed in the first recorded ``message`` to ``connection``."""
+    events = list(session.events)
+    for index, event in enumerate(events):
+        if event.connection == connection and event.kind == "send" and message in event.data:
+            position = event.data.index(message) + offset
+            old = event.data[position]
+            new = ord("1") if old != ord("1") else ord("2")
+            data = event.data[:position] + bytes([new]) + event.data[position + 1 :]
+            events[index] = attrs.evolve(event, data=data)
+            return Session(session.settings, tuple(events))
+    raise AssertionError(f"{message!r} is not in the session")
+
+
+# -- in process, on the virtual clock ----------------------------------------------------
+
+
+def test_the_corpus_is_there():
+    assert [p.stem for p in SESSIONS] == [
+        "classic_match", "disconnects", "document_dialect", "handshake_and_names", "heartbeat",
+    ]
+    assert all(p.stat().st_size < 64 * 1024 for p in SESSIONS)
+
+
+@pytest.mark.parametrize("path", SESSIONS, ids=[p.stem for p in SESSIONS])
+async def test_every_corpus_session_replays_byte_for_byte(path, autojump_clock):
+    session = read_session(str(path))
+    result = await replay_in_process(session)
+    assert result.ok, result.report()
+    assert result.messages == sum(
+        len(sent_messages(session, c)) for c in session.connections()
+    )
+    assert result.real_seconds < 2.0  # milliseconds, in practice
+
+
+def test_the_corpus_covers_every_message_of_both_dialects():
+    from_clients: set[str] = set()
+    from_server: set[str] = set()
+    closes: set[str] = set()
+    for path in SESSIONS:
+        session = read_session(str(path))
+        for connection in session.connections():
+            from_clients |= kinds_of_client_messages(b"".join(
+                e.data for e in session.events if e.connection == connection and e.kind == "recv"
+            ))
+        closes |= {e.text for e in session.events if e.kind == "close"}
+        for connection in session.connections():
+            for raw in sent_messages(session, connection):
+                if raw[:1] == b"J":
+                    from_server |= {f"J:{key}" for key in json.loads(raw[4:])}
+                else:
+                    from_server.add(raw[:1].decode())
+    assert from_server >= {
+        "H", "N", "E", "W", "P", "O", "Q", "R", "I", "L",
+        "J:unpaired", "J:lobby_state", "J:choose_another_name", "J:game_request",
+        "J:game_request_to_client", "J:create_room", "J:menu_state", "J:match_start",
+        "J:leave_room",
+    }
+    assert from_clients >= {
+        "H", "E", "F", "W", "P", "Q", "I", "L", "J:invalid",
+        "J:name", "J:game_request", "J:game_request_to_server:receiver",
+        "J:game_request_to_server:reciver", "J:menu_state", "J:leave_room", "J:game_over",
+    }
+    assert closes >= {"end_of_stream", "idle_timeout", "version_refused"}
+
+
+def kinds_of_client_messages(data: bytes) -> set[str]:
+    kinds, position = set(), 0
+    lengths = {"H": 4, "E": 4, "F": 4, "P": 8, "Q": 8, "I": 2, "L": 2, "W": 1}
+    while position < len(data):
+        letter = chr(data[position])
+        if letter != "J":
+            kinds.add(letter)
+            position += lengths[letter]
+            continue
+        length = int.from_bytes(data[position + 1 : position + 4], "big")
+        body = data[position + 4 : position + 4 + length]
+        position += 4 + length
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            kinds.add("J:invalid")
+            continue
+        for key, value in payload.items():
+            kinds.add(f"J:{key}")
+            if key == "game_request_to_server":
+                kinds |= {f"J:{key}:{field}" for field in value if field != "sender"}
+    return kinds
+
+
+async def test_one_changed_byte_in_a_panel_message_is_reported_exactly(autojump_clock):
+    session = corpus("classic_match")
+    panels = [raw for raw in sent_messages(session, 2) if raw[:1] == b"O"]
+    original = panels[1]
+    index = sent_messages(session, 2).index(original)
+    altered = alter_sent_byte(session, 2, original, offset=60)
+
+    result = await replay_in_process(altered)
+
+    assert not result.ok
+    divergence = result.divergence
+    assert divergence.connection == 2
+    assert divergence.message_index == index
+    assert divergence.reason == "message_differs"
+    assert divergence.actual == original
+    assert divergence.expected == sent_messages(altered, 2)[index]
+    assert divergence.expected != original
+    assert divergence.time == pytest.approx(divergence.expected_time, abs=1e-3)
+    report = result.report()
+    assert f"connection 2, message index {index}" in report
+    assert f"expected: {describe_message(divergence.expected)}" in report
+    assert f"actual:   {describe_message(original)}" in report
+    assert "first differing byte: 60" in report
+
+
+async def test_heartbeats_are_compared_in_process(autojump_clock):
+    session = corpus("heartbeat")
+    pings = [i for i, raw in enumerate(sent_messages(session, 1)) if raw == b"ELOL"]
+    altered = alter_sent_byte(session, 1, b"ELOL", offset=3)
+    result = await replay_in_process(altered)
+    assert (result.divergence.connection, result.divergence.message_index) == (1, pings[0])
+    assert result.divergence.actual == b"ELOL"
+
+
+async def test_a_missing_and_an_extra_message_are_reported(autojump_clock):
+    session = corpus("disconnects")
+    # Drop the last message recorded for connection 4: the server still sends it.
+    last = max(i for i, e in enumerate(session.events) if e.connection == 4 and e.kind == "send")
+    dropped = session.events[last]
+    shorter = Session(session.settings, session.events[:last] + session.events[last + 1 :])
+    result = await replay_in_process(shorter)
+    assert result.divergence.reason == "unexpected_message"
+    assert result.divergence.connection == 4
+    assert result.divergence.expected is None
+    assert result.divergence.actual == split_messages(dropped.data)[0]
+
+    # Record one message more than the server sends.
+    extra = Event(dropped.time, 4, "send", b"L9")
+    events = session.events
+    longer = Session(session.settings, events[: last + 1] + (extra,) + events[last + 1 :])
+    result = await replay_in_process(longer)
+    assert result.divergence.reason == "message_missing"
+    assert (result.divergence.expected, result.divergence.actual) == (b"L9", None)
+
+
+async def test_replaying_with_another_seed_changes_the_panels(autojump_clock):
+    result = await replay_in_process(corpus("classic_match"), seed=1)
+    assert result.divergence.reason == "message_differs"
+    assert result.divergence.expected[:1] == b"P"
+
+
+async def test_a_session_without_seed_needs_one(autojump_clock):
+    session = corpus("handshake_and_names")
+    settings = {k: v for k, v in session.settings.items() if k != "seed"}
+    with pytest.raises(ReplayError):
+        await replay_in_process(Session(settings, session.events))
+    assert (await replay_in_process(Session(settings, session.events), seed=session.seed)).ok
+
+
+async def test_recording_a_scenario_twice_gives_the_same_file():
+    record_corpus = load_tool("record_corpus")
+    first = await trio.to_thread.run_sync(record_corpus.record_sync, "disconnects")
+    second = await trio.to_thread.run_sync(record_corpus.record_sync, "disconnects")
+    assert format_session(first) == format_session(second)
+
+
+def test_messages_compare_json_parsed_and_everything_else_exactly():
+    assert messages_equal(b'J\x00\x00\x10{"a": 1, "b": 2}', b'J\x00\x00\x0d{"b":2,"a":1}')
+    assert not messages_equal(b'J\x00\x00\x07{"a":1}', b'J\x00\x00\x07{"a":2}')
+    assert not messages_equal(b"P" + b"1" * 120, b"P" + b"1" * 119 + b"2")
+    assert describe_message(b'J\x00\x00\x07{"a":1}') == 'J{"a":1}'
+    assert describe_message(b"\x01Z") == "\\u0001Z"
+    assert split_messages(b"HELOLJ\x00\x00\x02{}IAZZ") == [
+        b"H", b"ELOL", b"J\x00\x00\x02{}", b"IA", b"ZZ",  # the rest cannot be framed
+    ]
+
+
+# -- the replay tool -------------------------------------------------------------------
+
+
+def test_replay_tool_exit_status_and_report(tmp_path, capsys):
+    tool = load_tool("replay")
+    good = ROOT / "tests" / "sessions" / "classic_match.session"
+    assert tool.main([str(good), "--in-process"]) == 0
+    assert "OK: in-process replay" in capsys.readouterr().out
+
+    session = read_session(str(good))
+    original = [raw for raw in sent_messages(session, 1) if raw[:1] == b"P"][0]
+    index = sent_messages(session, 1).index(original)
+    altered = tmp_path / "altered.session"
+    write_session(alter_sent_byte(session, 1, original, offset=100), str(altered))
+    assert tool.main([str(altered), "--in-process"]) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGED" in out
+    assert f"divergence on connection 1, message index {index}" in out
+    assert "expected: P" in out and "actual:   P" in out
+
+    broken = tmp_path / "broken.session"
+    broken.write_text("netplay-session 1\n0.1 1 connect \"x\"\n0.2 1 shout\n")
+    assert tool.main([str(broken), "--in-process"]) == 2
+    assert "line 3" in capsys.readouterr().err
+    assert tool.main([str(tmp_path / "missing.session"), "--in-process"]) == 2
+    with pytest.raises(SystemExit) as usage:
+        tool.main([str(good)])  # neither --server nor --in-process
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit):
+        tool.main([str(good), "--server", "no-port"])
+
+
+# -- live, over TCP ---------------------------------------------------------------------
+
+
+async def start_tcp_server(nursery: trio.Nursery, session: Session, seed: int) -> Server:
+    server = Server(config_for_replay(session.settings), seed=seed)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(server.run, listeners)
+    return server
+
+
+async def test_live_replay_against_a_real_server_over_tcp():
+    session = corpus("handshake_and_names")
+    async with trio.open_nursery() as nursery:
+        server = await start_tcp_server(nursery, session, session.seed)
+        result = await replay_live(session, "127.0.0.1", server.port, timeout=2)
+        nursery.cancel_scope.cancel()
+    assert result.ok, result.report()
+    assert result.connections == 7
+    assert result.messages == sum(len(sent_messages(session, c)) for c in session.connections())
+
+
+async def test_live_replay_reports_a_changed_byte_and_stops_there():
+    session = corpus("handshake_and_names")
+    snapshot = sent_messages(session, 2)[1]  # ann's first lobby list
+    assert snapshot.endswith(b'{"unpaired":["ann"]}')
+    altered = alter_sent_byte(session, 2, snapshot, offset=len(snapshot) - 4)
+    async with trio.open_nursery() as nursery:
+        server = await start_tcp_server(nursery, session, session.seed)
+        result = await replay_live(altered, "127.0.0.1", server.port, timeout=2)
+        nursery.cancel_scope.cancel()
+    assert not result.ok
+    assert (result.divergence.connection, result.divergence.message_index) == (2, 1)
+    assert result.divergence.actual == snapshot
+    assert result.real_seconds < 1.0
+
+
+async def test_live_replay_cannot_start_without_a_server():
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: refused
+        with pytest.raises(ReplayError, match="cannot connect"):
+            await replay_live(corpus("heartbeat"), "127.0.0.1", port, timeout=1)
+
+
+# -- the recording proxy ------------------------------------------------------------------
+
+
+async def scripted_session_through(port: int) -> ScriptedClient:
+    """Two clients meet, play a little; alice leaves, bob stays connected."""
+    alice = ScriptedClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await alice.register("alice")
+    await alice.receive_until("unpaired")
+    bob = ScriptedClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await bob.register("bob", version="139")
+    await bob.receive_until("lobby_state")
+    await alice.receive_until("unpaired")
+    await bob.send_json({"game_request_to_server": {"sender": "bob", "reciver": "alice"}})
+    await alice.receive_until("game_request")
+    await alice.send_json({"game_request": {"sender": "alice", "receiver": "bob"}})
+    await alice.receive_until("create_room")
+    await bob.receive_until("create_room")
+    await alice.menu_state(ready=True, cursor="ready")
+    await bob.receive_until("menu_state")
+    await bob.menu_state(ready=True, cursor="ready")
+    await alice.receive_until("match_start")
+    await bob.receive_until("match_start")
+    await bob.send(b"P5000000")
+    assert isinstance(await bob.receive(), m.Panels)
+    assert isinstance(await alice.receive(), m.Panels)
+    await alice.send(b"IAIB")
+    assert await bob.receive() == m.INPUTS[ord("A")]
+    assert await bob.receive() == m.INPUTS[ord("B")]
+    await alice.stream.send_eof()
+    await bob.receive_until("leave_room")
+    await alice.expect_closed()  # the server's close has come back through the proxy
+    await alice.aclose()
+    return bob
+
+
+async def test_a_proxy_recording_replays_live_against_a_fresh_server(tmp_path):
+    out = tmp_path / "through_proxy.session"
+    seed = 4242
+    async with trio.open_nursery() as nursery:
+        upstream = await start_tcp_server(nursery, Session({}, ()), seed)
+        proxy = await trio.lowlevel.open_process(
+            [sys.executable, str(ROOT / "tools" / "record_proxy.py"), "--listen", "0",
+             "--upstream", f"127.0.0.1:{upstream.port}", "--out", str(out),
+             "--seed", str(seed), "--log-format", "json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+        )
+        try:
+            with trio.fail_after(10):
+                listening = await read_json_line(proxy.stderr, "listening")
+                bob = await scripted_session_through(listening["port"])
+                proxy.send_signal(signal.SIGTERM)
+                assert await proxy.wait() == 0
+                await bob.expect_closed()  # the proxy closed it on its way out
+                await bob.aclose()
+        finally:
+            if proxy.returncode is None:
+                proxy.kill()
+                await proxy.wait()
+        nursery.cancel_scope.cancel()
+
+    session = read_session(str(out))
+    assert session.settings == {"recorded_by": "proxy", "upstream": f"127.0.0.1:{upstream.port}",
+                                "seed": seed}
+    assert [e.connection for e in session.events if e.kind == "connect"] == [1, 2]
+    closes = {e.connection: e.text for e in session.events if e.kind == "close"}
+    assert closes == {1: "end_of_stream", 2: "proxy_shutdown"}
+    first_client_bytes = next(e.data for e in session.events if e.kind == "recv")
+    assert first_client_bytes.startswith(b"H004J")
+
+    async with trio.open_nursery() as nursery:
+        fresh = await start_tcp_server(nursery, session, seed)
+        result = await replay_live(session, "127.0.0.1", fresh.port, timeout=2)
+        nursery.cancel_scope.cancel()
+    assert result.ok, result.report()
+    assert result.messages >= 10
+
+    panels = [raw for raw in sent_messages(session, 1) if raw[:1] == b"O"][0]
+    index = [raw for raw in sent_messages(session, 1)].index(panels)
+    altered = alter_sent_byte(session, 1, panels, offset=90)
+    async with trio.open_nursery() as nursery:
+        fresh = await start_tcp_server(nursery, session, seed)
+        result = await replay_live(altered, "127.0.0.1", fresh.port, timeout=2)
+        nursery.cancel_scope.cancel()
+    assert not result.ok
+    report = result.report()
+    assert f"divergence on connection 1, message index {index}: message differs" in report
+    assert f"expected: {describe_message(sent_messages(altered, 1)[index])}" in report
+    assert f"actual:   {describe_message(panels)}" in report
+
+
+async def read_json_line(stream: trio.abc.ReceiveStream, event: str) -> dict:
+    buffer = b""
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == event:
+                return entry
+        data = await stream.receive_some(65536)
+        if not data:
+            raise AssertionError(f"the process ended before logging {event!r}")
+        buffer += data
+
+
+async def test_the_proxy_passes_half_closes_both_ways_and_numbers_connections(tmp_path):
+    record_proxy = load_tool("record_proxy")
+    out = tmp_path / "half_close.session"
+    async with trio.open_nursery() as nursery:
+        upstream = await start_tcp_server(nursery, Session({}, ()), 1)
+        async with open_session_file(str(out), {"recorded_by": "proxy"}) as recorder:
+            proxy = record_proxy.RecordingProxy(("127.0.0.1", upstream.port), recorder)
+            port = await nursery.start(proxy.run, "127.0.0.1", 0)
+            streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+            refused = ScriptedClient(streams[2])
+            await refused.send(b"H999")
+            await streams[2].send_eof()  # half-closed: the answer must still come back
+            assert await refused.expect_closed(timeout=5) == [m.HelloRefused()]
+            for stream in streams:
+                await stream.aclose()
+            with trio.fail_after(5):  # the file grows as the proxy goes
+                while out.read_text().count(" close ") < 3:
+                    await trio.sleep(0.02)
+            proxy.shutdown()
+        nursery.cancel_scope.cancel()
+    session = read_session(str(out))
+    assert [e.connection for e in session.events if e.kind == "connect"] == [1, 2, 3]
+    third = [(e.kind, e.data or e.text) for e in session.events if e.connection == 3]
+    assert third[1] == ("recv", b"H999")
+    assert sorted(third[2:4]) == [("eof", ""), ("send", b"N")]
+    assert third[4][0] == "close" and third[4][1] in ("end_of_stream", "closed_by_server")

@@ -1,0 +1,546 @@
+"""Regenerate the session corpus in ``tests/sessions``.
+
+Usage::
+
+    python tools/record_corpus.py [--out DIR] [--check]
+
+Each scenario below drives scripted clients against an in-process server on
+trio's virtual clock, with a fixed seed, and records the session with a
+``SessionWriter``.  Together the scenarios send every message of both
+dialects (see the list at the top of each one).  The files are
+reproducible: the same code writes the same bytes.  ``--check`` replays
+every file in process after writing it and exits 1 if one diverges.
+
+Determinism needs one care: a client must never act at the very instant a
+server timer (ping, idle timeout, lobby snapshot, linger) fires, or the
+order of the two would be a coin toss.  :meth:`Scene.step` therefore puts
+every client action on a 50 ms grid, skipping grid points within a
+millisecond of a pending server deadline, and lets the server settle first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from typing import Any, Awaitable, Callable
+
+import structlog
+import trio
+import trio.lowlevel
+import trio.testing
+
+from netplay import messages as m
+from netplay.config import Config
+from netplay.recording import (
+    Event,
+    Session,
+    SessionWriter,
+    format_session,
+    parse_session,
+    replay_settings,
+)
+from netplay.replay import replay_in_process_sync
+from netplay.server import Server
+from netplay.testing import ScriptedClient
+from netplay.wire import encode_json
+
+SEED = 20240611
+STEP = 0.05
+# How far from any server deadline a client action must stay.
+MARGIN = 0.001
+DEFAULT_OUT = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "sessions")
+)
+
+
+class Scene:
+    """Scripted clients taking turns against one server, on the virtual clock."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._next_port = 50001
+
+    async def step(self) -> None:
+        """Wait for the next safe grid point, with the server settled."""
+        now = trio.current_time()
+        candidate = round((math.floor(now / STEP + 1e-9) + 1) * STEP, 6)
+        while True:
+            await trio.sleep_until(candidate - MARGIN)
+            await trio.testing.wait_all_tasks_blocked()
+            wait = trio.lowlevel.current_statistics().seconds_to_next_deadline
+            if trio.current_time() + wait > candidate + MARGIN:
+                break
+            candidate = round(candidate + STEP, 6)
+        await trio.sleep_until(candidate)
+        await trio.testing.wait_all_tasks_blocked()
+
+    async def connect(self, name: str, *, version: str = "004", answer_pings: bool = True) -> Actor:
+        await self.step()
+        client_end, server_end = trio.testing.memory_stream_pair()
+        self.server.open_stream(server_end, ("127.0.0.1", self._next_port))
+        self._next_port += 1
+        return Actor(self, name, version, ScriptedClient(client_end, answer_pings=answer_pings))
+
+    async def join(self, name: str, *, version: str = "004", **registration: Any) -> Actor:
+        """Connect, hello and register in one write, as the existing clients do."""
+        actor = await self.connect(name, version=version)
+        await actor.register(name, **registration)
+        frame = await actor.client.receive()
+        assert isinstance(frame, m.HelloAccepted), frame
+        return actor
+
+
+class Actor:
+    """One scripted client; every send waits for its turn on the grid."""
+
+    def __init__(self, scene: Scene, name: str, version: str, client: ScriptedClient) -> None:
+        self.scene, self.name, self.version, self.client = scene, name, version, client
+
+    async def send(self, data: bytes) -> None:
+        await self.scene.step()
+        await self.client.send(data)
+
+    async def json(self, payload: dict[str, Any]) -> None:
+        await self.send(encode_json(payload))
+
+    async def register(self, name: str, *, level: int = 5, character: str = "lip",
+                       with_hello: bool = True) -> None:
+        registration = encode_json({"name": name, "level": level, "character": character})
+        hello = b"H" + self.version.encode("ascii") if with_hello else b""
+        await self.send(hello + registration)
+
+    async def request(self, receiver: str, *, key: str = "game_request",
+                      receiver_field: str = "receiver") -> None:
+        await self.json({key: {"sender": self.name, receiver_field: receiver}})
+
+    async def menu(self, *, ready: bool, cursor: str = "level", level: int = 5,
+                   character: str = "lip") -> None:
+        await self.json({"menu_state": {"cursor": cursor, "ready": ready,
+                                        "character": character, "level": level}})
+
+    async def expect(self, key: str) -> dict[str, Any]:
+        return await self.client.receive_until(key)
+
+    async def expect_lobby(self, *names: str) -> dict[str, Any]:
+        """Read lobby lists (either dialect) until one shows exactly ``names``."""
+        while True:
+            payload = await self.client.receive_json()
+            unpaired = payload.get("unpaired", payload.get("lobby_state", {}).get("unpaired"))
+            if unpaired == list(names):
+                return payload
+
+    async def frame(self) -> Any:
+        return await self.client.receive()
+
+    async def panels(self, request: bytes) -> str:
+        """Send a P/Q request; return the 120 digits of the answer."""
+        await self.send(request)
+        frame = await self.frame()
+        assert isinstance(frame, m.Panels) and frame.letter == request[:1].decode(), frame
+        return frame.digits
+
+    async def close(self) -> None:
+        await self.scene.step()
+        await self.client.aclose()
+
+    async def half_close(self) -> None:
+        """End of stream towards the server; the client could still read."""
+        await self.scene.step()
+        await self.client.stream.send_eof()
+
+    async def closed_by_server(self) -> list[Any]:
+        frames = await self.client.expect_closed(timeout=30)
+        await self.client.aclose()
+        return frames
+
+
+async def pair(first: Actor, second: Actor) -> None:
+    await first.request(second.name)
+    await second.expect(_request_key(second))
+    await second.request(first.name)
+    await first.expect("create_room")
+    await second.expect("create_room")
+
+
+async def start_match(first: Actor, second: Actor) -> None:
+    await first.menu(ready=True, cursor="ready")
+    await second.expect("menu_state")
+    await second.menu(ready=True, cursor="ready")
+    await first.expect("match_start")
+    await second.expect("match_start")
+
+
+def _request_key(actor: Actor) -> str:
+    return "game_request" if actor.version != "139" else "game_request_to_client"
+
+
+async def opponent_frames(actor: Actor, count: int) -> list[Any]:
+    return [await actor.frame() for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+
+
+async def handshake_and_names(scene: Scene) -> None:
+    """Hello accepted (004, 139) and refused, registration, a name in use then
+    another, invalid names, lobby snapshots as players come and go, a
+    disconnect before registering, a half-close from the lobby."""
+    refused = await scene.connect("refused")
+    await refused.send(b"H999")
+    assert await refused.closed_by_server() == [m.HelloRefused()]
+
+    ann = await scene.join("ann")
+    await ann.expect_lobby("ann")
+
+    early = await scene.connect("early")
+    await early.send(b"H007")
+    assert isinstance(await early.frame(), m.HelloAccepted)
+    await early.close()  # gone before registering
+
+    ben = await scene.connect("ben")
+    await ben.register("ann")
+    assert isinstance(await ben.frame(), m.HelloAccepted)
+    assert await ben.expect("choose_another_name") == {
+        "choose_another_name": {"used_names": ["ann"]}
+    }
+    await ben.register("ben", with_hello=False)
+    await ben.expect_lobby("ann", "ben")
+    await ann.expect_lobby("ann", "ben")
+
+    cy = await scene.connect("cy", version="019")
+    await cy.register("   ")
+    assert isinstance(await cy.frame(), m.HelloAccepted)
+    await cy.expect("choose_another_name")
+    await cy.register("x" * 40, with_hello=False)
+    await cy.expect("choose_another_name")
+    await cy.register("cy", with_hello=False, level=9)
+    await cy.expect_lobby("ann", "ben", "cy")
+
+    dot = await scene.join("dot", version="139")
+    state = await dot.expect_lobby("ann", "ben", "cy", "dot")
+    assert state["lobby_state"]["paired"] == [], state
+
+    await ann.close()
+    await ben.expect_lobby("ben", "cy", "dot")
+    await dot.expect_lobby("ben", "cy", "dot")
+
+    hasty = await scene.join("hasty")
+    await hasty.expect_lobby("ben", "cy", "dot", "hasty")
+    await hasty.half_close()  # the server ends the connection
+    await hasty.closed_by_server()
+    await ben.expect_lobby("ben", "cy", "dot")
+
+    await ben.close()
+    await cy.close()
+    await dot.close()
+
+
+async def classic_match(scene: Scene) -> None:
+    """Two existing-dialect clients: refused messages (invalid JSON, messages not
+    valid in the lobby, requests to oneself and to nobody), a request forwarded,
+    mutual requests make a room, menu_state relayed, L relayed, match_start,
+    P/Q panels with O/R mirrors, I inputs (one and several per write),
+    game_over twice leads back to select, a rematch, leave_room from a match
+    and from a room."""
+    alice = await scene.join("alice", level=4, character="windy")
+    await alice.expect("unpaired")
+    bob = await scene.join("bob", version="019", level=6, character="thiana")
+    await bob.expect("unpaired")
+    await alice.expect("unpaired")
+
+    await alice.send(b"J\x00\x00\x05{bad}")  # invalid JSON: refused, connection kept
+    await bob.menu(ready=False)  # not valid in the lobby
+    await alice.send(b"IA")  # no match to send inputs to
+    await alice.request("alice")  # to oneself
+    await alice.request("nobody")
+    await bob.json({"unknown": 1})
+
+    await alice.request("bob")
+    assert await bob.expect("game_request") == {
+        "game_request": {"sender": "alice", "receiver": "bob"}
+    }
+    await alice.request("bob")  # repeated: no effect
+    await bob.request("alice")
+    room = await alice.expect("create_room")
+    assert room["opponent"] == "bob", room
+    await bob.expect("create_room")
+
+    await alice.menu(ready=False, cursor="character", level=4, character="windy")
+    await bob.expect("menu_state")
+    await bob.send(b"L6")
+    assert await alice.frame() == m.LevelPick(b"L6")
+    await start_match(alice, bob)
+
+    for match in range(2):
+        board = await alice.panels(b"P5000000")
+        mirrored = await bob.frame()
+        assert mirrored == m.Panels("O", board), mirrored
+        own = await bob.panels(b"P5000000")
+        assert (await alice.frame()) == m.Panels("O", own)
+        await alice.panels(b"P5" + board[-6:].encode())
+        await bob.frame()
+        await bob.panels(b"Q6" + own[-6:].encode())
+        assert (await alice.frame()).letter == "R"
+        await alice.send(b"IA")
+        await alice.send(b"IBICID")
+        assert await opponent_frames(bob, 4) == [m.INPUTS[c] for c in b"ABCD"]
+        await bob.send(b"I+")
+        assert await alice.frame() == m.INPUTS[ord("+")]
+        if match == 0:
+            await alice.json({"game_over": True})
+            await bob.send(b"I/")  # still playing while alice's game is over
+            assert await alice.frame() == m.INPUTS[ord("/")]
+            await bob.json({"game_over": True})
+            await alice.expect("create_room")
+            await bob.expect("create_room")
+            await start_match(bob, alice)  # the rematch, in the same room
+
+    await bob.json({"leave_room": True})  # from a match
+    assert (await alice.expect("leave_room"))["unpaired"] == ["alice", "bob"]
+    await bob.expect("leave_room")
+
+    await pair(bob, alice)
+    await alice.json({"leave_room": True})  # from a room
+    await alice.expect("leave_room")
+    await bob.expect("leave_room")
+    await alice.close()
+    await bob.expect("unpaired")
+    await bob.close()
+
+
+async def document_dialect(scene: Scene) -> None:
+    """The design document's dialect (139): lobby_state snapshots with paired
+    rooms, game_request_to_server in both spellings (receiver, reciver),
+    game_request_to_client, a document player against an existing client,
+    W heartbeats answered, leave_room with lobby_state, back to select with
+    the ready cursor after a game."""
+    dora = await scene.join("dora", version="139", level=3, character="elias")
+    await dora.expect("lobby_state")
+    finn = await scene.join("finn", version="010", level=8)
+    await finn.expect("unpaired")
+    await dora.expect("lobby_state")
+    eve = await scene.join("eve", version="139")
+    await eve.expect("lobby_state")
+    gus = await scene.join("gus", version="139")
+    await gus.expect("lobby_state")
+
+    await dora.request("finn", key="game_request_to_server")
+    assert await finn.expect("game_request") == {
+        "game_request": {"sender": "dora", "receiver": "finn"}
+    }
+    await finn.request("dora")
+    await dora.expect("create_room")
+    await finn.expect("create_room")
+    state = await eve.expect_lobby("eve", "gus")
+    players = state["lobby_state"]["paired"][0]["players"]
+    assert [p["name"] for p in players] == ["dora", "finn"], state
+
+    await eve.request("gus", key="game_request_to_server", receiver_field="reciver")
+    assert await gus.expect("game_request_to_client") == {
+        "game_request_to_client": {"sender": "eve", "receiver": "gus"}
+    }
+    await gus.request("eve", key="game_request_to_server")
+    await eve.expect("create_room")
+    await gus.expect("create_room")
+
+    await dora.menu(ready=False, cursor="level", level=3, character="elias")
+    await finn.expect("menu_state")
+    await start_match(finn, dora)
+    board = await finn.panels(b"P6000000")
+    assert await dora.frame() == m.Panels("O", board)
+    own = await dora.panels(b"P6000000")
+    assert await finn.frame() == m.Panels("O", own)
+    await dora.panels(b"Q5" + own[-6:].encode())
+    assert (await finn.frame()).letter == "R"
+    await finn.send(b"IAIB")
+    await dora.send(b"IC")
+    assert await opponent_frames(dora, 2) == [m.INPUTS[c] for c in b"AB"]
+    assert await finn.frame() == m.INPUTS[ord("C")]
+    await finn.send(b"L8")
+    assert await dora.frame() == m.LevelPick(b"L8")
+    await dora.json({"game_over": True})
+    await finn.json({"game_over": True})
+    assert (await dora.expect("create_room"))["menu_state"]["cursor"] == "level"
+    await finn.expect("create_room")
+
+    await dora.send(b"W")  # the document's heartbeat, as life
+    await finn.json({"leave_room": True})  # from a room, document player told with lobby_state
+    left = await dora.expect("leave_room")
+    assert "lobby_state" in left, left
+    assert "unpaired" in await finn.expect("leave_room")
+
+    await gus.close()  # the document player's opponent learns at once
+    assert "lobby_state" in await eve.expect("leave_room")
+    for actor in (dora, finn, eve):
+        await actor.close()
+
+
+async def disconnects(scene: Scene) -> None:
+    """Disconnects in a room, while playing and after game_over: the opponent is
+    told with leave_room at once, and returns to the lobby."""
+    a = await scene.join("amy")
+    b = await scene.join("bo")
+    c = await scene.join("cat")
+    d = await scene.join("dan")
+    for actor in (a, b, c, d):
+        await actor.expect("unpaired")
+
+    await pair(a, b)
+    await a.close()  # in a room
+    assert (await b.expect("leave_room"))["unpaired"] == ["bo", "cat", "dan"]
+
+    await pair(c, d)
+    await start_match(c, d)
+    await c.panels(b"P5000000")
+    await d.frame()
+    await c.send(b"IA")
+    await d.frame()
+    await c.close()  # while playing
+    await d.expect("leave_room")
+
+    await pair(b, d)
+    await start_match(b, d)
+    await b.json({"game_over": True})
+    await b.close()  # after its game is over, the opponent still playing
+    await d.expect("leave_room")
+    await d.close()  # from the lobby
+
+
+async def heartbeat(scene: Scene) -> None:
+    """Heartbeats: a silent client is pinged (ELOL) every second and dropped
+    after the idle timeout; a client that answers (FLOL) stays; a document
+    client is pinged with W; a client's own E ping counts as life."""
+    quiet = await scene.connect("quiet", answer_pings=False)
+    await quiet.register("quiet")
+    chatty = await scene.join("chatty")
+    doc = await scene.join("doc", version="139")
+    pings = 0
+    while True:
+        frame = await doc.client.receive(skip_pings=False)
+        if frame == m.Heartbeat():
+            pings += 1
+            if pings == 2:
+                break
+    await doc.send(b"W")
+    await doc.send(b"ELOL")
+    # Chatty answers its pings while quiet stays silent until it is dropped.
+    while "quiet" in (await chatty.client.receive_until("unpaired", timeout=30))["unpaired"]:
+        pass
+    frames = await quiet.closed_by_server()
+    assert frames.count(m.Ping("LOL")) >= 9, frames
+    await doc.close()
+    await chatty.close()
+
+
+SCENARIOS: dict[str, Callable[[Scene], Awaitable[None]]] = {
+    "handshake_and_names": handshake_and_names,
+    "classic_match": classic_match,
+    "document_dialect": document_dialect,
+    "disconnects": disconnects,
+    "heartbeat": heartbeat,
+}
+
+
+# ---------------------------------------------------------------------------
+# Recording
+
+
+def canonical(session: Session) -> Session:
+    """Writes that happen at the same instant to several connections come out in
+    whatever order the scheduler ran their writers; sort them by connection and
+    join each connection's pieces, so that the file does not depend on it."""
+    events: list[Event] = []
+    run: list[Event] = []
+
+    def flush() -> None:
+        for event in sorted(run, key=lambda e: e.connection):
+            last = events[-1] if events else None
+            same_write = (
+                last is not None and last.kind == "send"
+                and (last.connection, last.time) == (event.connection, event.time)
+            )
+            if same_write:
+                events[-1] = Event(event.time, event.connection, "send", last.data + event.data)
+            else:
+                events.append(event)
+        run.clear()
+
+    for event in session.events:
+        if event.kind == "send" and (not run or run[0].time == event.time):
+            run.append(event)
+            continue
+        flush()
+        if event.kind == "send":
+            run.append(event)
+        else:
+            events.append(event)
+    flush()
+    return Session(session.settings, tuple(events))
+
+
+async def record(scenario: Callable[[Scene], Awaitable[None]], name: str) -> Session:
+    config = Config()
+    settings = replay_settings(config, SEED)
+    settings["recorded_by"] = "record_corpus"
+    settings["scenario"] = name
+    writer = SessionWriter(settings, trio.current_time())
+    server = Server(config, seed=SEED, recorder=writer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await scenario(Scene(server))
+        # Let the last closes reach the server before it stops.
+        await trio.sleep(STEP)
+        nursery.cancel_scope.cancel()
+    session = parse_session(writer.take().splitlines(keepends=True))
+    return canonical(session)
+
+
+def record_sync(name: str) -> Session:
+    return trio.run(
+        record, SCENARIOS[name], name, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=DEFAULT_OUT, help="directory (%(default)s)")
+    parser.add_argument("--check", action="store_true", help="replay each file after writing")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"some of: {', '.join(SCENARIOS)} (default: all)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario: {', '.join(unknown)}")
+    os.makedirs(args.out, exist_ok=True)
+    failed = 0
+    for name in args.scenarios or SCENARIOS:
+        try:
+            session = record_sync(name)
+        except Exception as error:  # an assertion, a timeout: report it, try the next
+            print(f"{name}: the scenario failed: {error!r}", file=sys.stderr)
+            failed += 1
+            continue
+        path = os.path.join(args.out, f"{name}.session")
+        text = format_session(session)
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+        line = (f"{path}: {len(session.events)} events, {len(text)} bytes, "
+                f"{session.duration:.3f} s")
+        if args.check:
+            result = replay_in_process_sync(session)
+            line += f", replay {'ok' if result.ok else 'DIVERGED'}"
+            if not result.ok:
+                failed += 1
+                line += "\n" + result.report()
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    # The scenarios' servers log every connection; only warnings matter here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    sys.exit(main())
