@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import math
 import os
@@ -151,6 +152,19 @@ def raise_open_file_limit() -> int:
     return soft
 
 
+def tune_garbage_collector() -> None:
+    """Make collections rarer and shorter for a long-running server.
+
+    Everything alive after start-up (modules, classes, the listeners) is moved
+    out of the collector's sight, and the youngest generation is collected
+    every 20,000 allocations instead of every 700, so the per-frame path is
+    interrupted far less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 async def serve(config: Config, record_dir: str | None = None) -> None:
     """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
     from netplay.recording import open_recorder
@@ -162,6 +176,7 @@ async def serve(config: Config, record_dir: str | None = None) -> None:
         server = Server(config, seed=seed, recorder=recorder)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run, listeners)
+            tune_garbage_collector()
             log.info(
                 "listening",
                 host=config.host,

@@ -51,6 +51,11 @@ class Config:
     snapshot_interval: float = 0.0
     snapshot_interval_per_player: float = 0.0002
     max_snapshot_interval: float = 2.0
+    # Every player gets the whole list, so a round costs players x list bytes;
+    # rounds are spaced so that they average at most this many bytes a second.
+    snapshot_bytes_per_second: float = 50_000_000
+    # A player with more than this still unsent to it waits for the next round.
+    snapshot_backlog_limit: int = 64 * 1024
 
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0

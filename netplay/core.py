@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import structlog
@@ -41,6 +41,8 @@ DOCUMENT_PING = b"W"
 HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
+# relay_target's answer for an input dropped by the flood limit (ids start at 1).
+RELAY_DROPPED = 0
 
 _SIGNS_OF_LIFE = frozenset({m.Pong, m.Heartbeat, m.ClientPing})
 
@@ -140,6 +142,25 @@ class ServerCore:
 
     # -- incoming bytes -------------------------------------------------------
 
+    def relay_target(self, connection_id: int, data: bytes, now: float) -> int | None:
+        """The per-frame path: where a chunk that is exactly one input goes.
+
+        Returns the opponent's connection id when ``data`` is one whole ``I``
+        message from a player in a match, :data:`RELAY_DROPPED` when such an
+        input is over the rate limit, and None when ``data`` must go through
+        :meth:`receive`.  Allocates nothing.
+        """
+        if len(data) != 2 or data[0] != _INPUT_LETTER:
+            return None
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.decoder.buffered:
+            return None
+        target = self.lobby.input_target(connection_id)
+        if target is None or connection.phase is not Phase.OPEN:
+            return None
+        connection.last_received = now
+        return target if self._admit_message(connection, now) else RELAY_DROPPED
+
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
         """Bytes arrived from a connection; return what to do about them."""
         connection = self.connections.get(connection_id)
@@ -148,11 +169,6 @@ class ServerCore:
         if connection is None or connection.phase is Phase.CLOSING:
             return []
         connection.last_received = now
-        # The per-frame path: one whole input from a player in a match.
-        if len(data) == 2 and data[0] == _INPUT_LETTER and not connection.decoder.buffered:
-            target = self.lobby.input_target(connection_id)
-            if target is not None:
-                return [Send(target, data)] if self._admit_message(connection, now) else []
         decoder = connection.decoder
         decoder.receive_data(data)
         actions: list[Action] = []
@@ -329,6 +345,12 @@ class ServerCore:
         """How long the edge waits between two lobby broadcasts now."""
         return self.config.snapshot_delay(len(self.lobby.names))
 
-    def snapshots(self) -> list[Action]:
-        """Lobby snapshots due now, marked so a newer one supersedes an unsent older one."""
-        return [Send(send.player, send.data, snapshot=True) for send in self.lobby.snapshots()]
+    def snapshots(self, may_send: Callable[[int], bool] | None = None) -> list[Action]:
+        """Lobby snapshots due now, marked so a newer one supersedes an unsent older one.
+
+        ``may_send`` holds back connections still busy with an earlier one.
+        """
+        return [
+            Send(send.player, send.data, snapshot=True)
+            for send in self.lobby.snapshots(may_send)
+        ]

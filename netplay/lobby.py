@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import structlog
@@ -194,6 +194,7 @@ class Lobby:
         self.unpaired_version = 0
         self.paired_version = 0
         self._flushed_versions = (0, 0)
+        self._held_back = False
         self._handlers = {
             m.Register: self._register,
             m.GameRequest: self._game_request,
@@ -260,17 +261,29 @@ class Lobby:
 
     @property
     def snapshot_due(self) -> bool:
-        """Whether the lobby changed since the last :meth:`snapshots`."""
-        return (self.unpaired_version, self.paired_version) != self._flushed_versions
+        """Whether the lobby changed, or a player was held back, at the last :meth:`snapshots`."""
+        return (
+            self._held_back
+            or (self.unpaired_version, self.paired_version) != self._flushed_versions
+        )
 
-    def snapshots(self) -> list[Send]:
-        """The lobby list for every lobby player who has not seen the latest one."""
+    def snapshots(self, may_send: Callable[[PlayerId], bool] | None = None) -> list[Send]:
+        """The lobby list for every lobby player who has not seen the latest one.
+
+        ``may_send`` lets the caller hold a player back (one still busy reading
+        an earlier list); that player stays due and gets the list of the next
+        call instead.
+        """
         self._flushed_versions = (self.unpaired_version, self.paired_version)
+        self._held_back = False
         rendered: dict[Dialect, bytes] = {}
         unpaired = paired = None
         sends = []
         for player in self.players.values():
             if player.state is not PlayerState.LOBBY or not self._needs_snapshot(player):
+                continue
+            if may_send is not None and not may_send(player.id):
+                self._held_back = True
                 continue
             data = rendered.get(player.dialect)
             if data is None:

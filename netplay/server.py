@@ -10,9 +10,12 @@ connection that fails in any way ends alone; the others never notice.
 from __future__ import annotations
 
 import collections
+import fcntl
 import math
 import os
 import socket
+import struct
+import termios
 from typing import Any, Protocol
 
 import attrs
@@ -30,6 +33,8 @@ RECEIVE_SIZE = 65536
 # client's remaining bytes after our last message, so that closing does not
 # turn into a reset that could destroy that message in flight.
 LINGER_SECONDS = 1.0
+# How soon a lobby snapshot is retried for a player still reading an older one.
+HELD_BACK_RETRY_SECONDS = 0.1
 # The longest a closing connection may spend flushing and lingering.
 CLOSE_FLUSH_SECONDS = 2.0
 
@@ -64,6 +69,11 @@ class Link:
     sending: bool = False
     # The lobby snapshot still waiting in ``queue``, if any.
     queued_snapshot: bytes | None = None
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes written to a socket that the kernel has not yet sent."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
@@ -203,7 +213,11 @@ class Server:
                 return
             if recorder is not None:
                 recorder.received(link.id, data, now)
-            self._execute(core.receive(link.id, data, now))
+            target = core.relay_target(link.id, data, now)
+            if target is None:
+                self._execute(core.receive(link.id, data, now))
+            elif target:  # not dropped by the flood limit
+                self._deliver(target, data)
 
     @staticmethod
     def _socket_receiver(link: Link) -> Any:
@@ -340,12 +354,39 @@ class Server:
         self._execute(self.core.close_connection(link.id))
 
     async def _snapshot_loop(self) -> None:
+        """Broadcast lobby snapshots, coalescing the changes of each interval.
+
+        Every player in the lobby gets the whole list, so a round costs
+        players x list bytes: the next round waits at least as long as the
+        byte budget needs to pay for this one, and a player whose earlier list
+        is still on its way is held back until it has read it.
+        """
+        config = self.config
+        next_round = -math.inf
         while True:
             await self._snapshot_wanted.wait()
             self._snapshot_wanted = trio.Event()
-            await trio.sleep_until(self._last_snapshot + self.core.snapshot_delay())
-            self._last_snapshot = trio.current_time()
-            self._execute(self.core.snapshots())
+            await trio.sleep_until(max(next_round, self._last_snapshot + self.core.snapshot_delay()))
+            now = self._last_snapshot = trio.current_time()
+            actions = self.core.snapshots(self._ready_for_snapshot)
+            sent = sum(len(action.data) for action in actions)  # type: ignore[union-attr]
+            next_round = now + sent / config.snapshot_bytes_per_second
+            if self.core.snapshot_due:
+                # Someone was held back: give it time to read before trying again.
+                next_round = max(next_round, now + HELD_BACK_RETRY_SECONDS)
+            self._execute(actions)
+
+    def _ready_for_snapshot(self, connection_id: int) -> bool:
+        link = self.links.get(connection_id)
+        if link is None:
+            return False
+        backlog = link.queued_bytes
+        if link.fd is not None:
+            try:
+                backlog += unsent_bytes(link.fd)
+            except OSError:
+                pass
+        return backlog <= self.config.snapshot_backlog_limit
 
 
 async def open_listeners(config: Config) -> list[trio.SocketListener]:

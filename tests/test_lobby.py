@@ -339,6 +339,18 @@ def test_players_who_saw_the_latest_lobby_get_no_snapshot():
     assert set(world.snapshots()) == {alice, bob, carol}
 
 
+def test_a_held_back_player_stays_due_and_gets_the_latest_list_next_time():
+    world = World()
+    alice, bob = world.join("alice"), world.join("bob")
+    sends = world.lobby.snapshots(may_send=lambda player: player != bob)
+    assert [send.player for send in sends] == [alice]
+    assert world.lobby.snapshot_due
+    carol = world.join("carol")
+    assert world.snapshots() == {
+        player: {"unpaired": ["alice", "bob", "carol"]} for player in (alice, bob, carol)
+    }
+
+
 def test_unregistered_players_get_no_snapshot():
     world = World()
     alice = world.join("alice")
