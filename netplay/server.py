@@ -10,6 +10,7 @@ connection that fails in any way ends alone; the others never notice.
 from __future__ import annotations
 
 import collections
+import contextvars
 import fcntl
 import math
 import os
@@ -22,6 +23,7 @@ import attrs
 import structlog
 import trio
 
+from netplay import poller
 from netplay.actions import Action, Close, Send
 from netplay.config import Config
 from netplay.core import ServerCore
@@ -100,6 +102,7 @@ class Server:
         self._snapshot_wanted = trio.Event()
         self._last_snapshot = -math.inf
         self._shutdown = trio.Event()
+        self._poller: poller.ReadPoller | None = None
         self.port: int | None = None
 
     # -- running ------------------------------------------------------------
@@ -114,6 +117,9 @@ class Server:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._snapshot_loop)
+            if poller.available():
+                self._poller = poller.ReadPoller()
+                nursery.start_soon(self._poller.run)
             if listeners:
                 self.port = listeners[0].socket.getsockname()[1]
                 nursery.start_soon(self._accept_loop, listeners)
@@ -127,6 +133,9 @@ class Server:
                 while self.links:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
     def shutdown(self) -> None:
         """Stop accepting and close every connection (see :meth:`run`)."""
@@ -191,54 +200,67 @@ class Server:
             log.info("disconnected", reason=reason)
 
     async def _reader(self, link: Link) -> None:
-        core, recorder = self.core, self.recorder
-        receive = self._socket_receiver(link) if link.fd is not None else link.stream.receive_some
+        """Read the connection until it ends; hand every chunk to the core."""
+        if link.fd is not None and self._poller is not None:
+            await self._read_through_poller(link)
+            return
         while True:
             try:
-                data = await receive(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                link.close_reason = link.close_reason or "connection_reset"
-                link.cancel_scope.cancel()
+                data = await link.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._on_bytes(link, None)
                 return
-            now = trio.current_time()
+            self._on_bytes(link, data)
             if not data:
-                link.end_of_stream.set()
-                if recorder is not None:
-                    recorder.end_of_stream(link.id, now)
-                if link.close_reason is None:
-                    # The opponent learns at once; what is queued is still flushed,
-                    # since a half-closed client may well be reading its replies.
-                    self._execute(core.close_connection(link.id))
-                    self._request_close(link, "end_of_stream")
                 return
+
+    async def _read_through_poller(self, link: Link) -> None:
+        assert link.fd is not None and self._poller is not None
+        # The poller's task does the reading; running the handling in this
+        # connection's context keeps its log lines bound to it.
+        context = contextvars.copy_context()
+
+        def on_bytes(data: bytes | None) -> None:
+            try:
+                context.run(self._on_bytes, link, data)
+            except Exception:
+                context.run(log.exception, "connection_failed")
+                link.close_reason = "internal_error"
+                link.cancel_scope.cancel()
+
+        self._poller.add(link.fd, on_bytes)
+        try:
+            await link.end_of_stream.wait()
+            await trio.sleep_forever()  # the writer or a drop ends the connection
+        finally:
+            self._poller.remove(link.fd)
+
+    def _on_bytes(self, link: Link, data: bytes | None) -> None:
+        """What the reader got: bytes, b"" at end of stream, None when reset."""
+        core, recorder = self.core, self.recorder
+        if data is None:
+            link.close_reason = link.close_reason or "connection_reset"
+            link.end_of_stream.set()
+            link.cancel_scope.cancel()
+            return
+        now = trio.current_time()
+        if not data:
+            link.end_of_stream.set()
             if recorder is not None:
-                recorder.received(link.id, data, now)
-            target = core.relay_target(link.id, data, now)
-            if target is None:
-                self._execute(core.receive(link.id, data, now))
-            elif target:  # not dropped by the flood limit
-                self._deliver(target, data)
-
-    @staticmethod
-    def _socket_receiver(link: Link) -> Any:
-        """``receive_some`` for a socket that waits before it reads.
-
-        Game traffic arrives a few bytes at a time, 60 times a second, so the
-        socket is almost always empty when we get back to it: waiting first
-        saves the failed read that trying first would cost on every message.
-        """
-        fd = link.fd
-        wait_readable = trio.lowlevel.wait_readable
-
-        async def receive(max_bytes: int) -> bytes:
-            while True:
-                await wait_readable(fd)
-                try:
-                    return os.read(fd, max_bytes)
-                except BlockingIOError:
-                    continue
-
-        return receive
+                recorder.end_of_stream(link.id, now)
+            if link.close_reason is None:
+                # The opponent learns at once; what is queued is still flushed,
+                # since a half-closed client may well be reading its replies.
+                self._execute(core.close_connection(link.id))
+                self._request_close(link, "end_of_stream")
+            return
+        if recorder is not None:
+            recorder.received(link.id, data, now)
+        target = core.relay_target(link.id, data, now)
+        if target is None:
+            self._execute(core.receive(link.id, data, now))
+        elif target:  # not dropped by the flood limit
+            self._deliver(target, data)
 
     async def _writer(self, link: Link) -> None:
         stream, queue = link.stream, link.queue

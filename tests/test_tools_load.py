@@ -1,0 +1,163 @@
+"""Smoke tests of the load tools (tools/loadgen.py, tools/connhold.py).
+
+Each tool runs for a second or two, with a handful of clients, against one
+real server started as a subprocess on 127.0.0.1, and its JSON report is
+checked for sane numbers.  The server pings after 0.2 s of silence and drops
+after 1 s, so a hold of 1.5 s proves the idle clients answer their pings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a server on 127.0.0.1, stopped with SIGTERM at the end."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "netplay", "--host", "127.0.0.1", "--port", "0",
+                "--log-format", "json", "--ping-interval", "0.2", "--idle-timeout", "1.0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+        )
+    try:
+        port = _wait_for_port(log_path, process)
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "listening":
+                return int(event["port"])
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log_path.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError("server did not log its port")
+
+
+def run_tool(script: str, *args: object, timeout: float = 30) -> list[dict[str, Any]]:
+    """Run a tool with --json; return every JSON line it printed."""
+    completed = subprocess.run(
+        [sys.executable, str(TOOLS / script), *map(str, args), "--json"],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    reports = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert reports, f"no report; exit {completed.returncode}; stderr:\n{completed.stderr}"
+    return reports
+
+
+def test_loadgen_plays_matches_without_loss_and_measures_latency(server):
+    port, pid = server
+    [report] = run_tool(
+        "loadgen.py", "--port", port, "--matches", 4, "--processes", 2,
+        "--warmup", 0.5, "--duration", 1.5, "--server-pid", pid,
+    )
+    assert report["matches_ready"] == 4
+    assert report["failures"] == {}
+    assert report["lost"] == report["gaps"] == report["reordered"] == report["closed"] == 0
+    assert report["received_total"] == report["sent_total"] > 0
+    # 8 players at 60 Hz for 1.5 s; a busy machine may delay some sends.
+    assert 45 <= report["rate_per_player"] <= 65
+    assert report["sent"] > 0.7 * 8 * 60 * 1.5
+    latency = report["latency_ms"]
+    assert latency["n"] > 0 and 0 < latency["p50"] <= latency["p99"] <= latency["max"] < 2000
+    assert report["panels"] >= 8 and report["opponent_panels"] >= 8  # each first P and its O
+    assert report["send_lag_ms"]["n"] == report["sent"]
+    assert report["server_cpu_percent"] is not None and report["server_rss_mib"] > 1
+
+
+def test_loadgen_ramp_reports_each_step_and_a_summary(server):
+    port, _ = server
+    *steps, summary = run_tool(
+        "loadgen.py", "--port", port, "--ramp", "--ramp-start", 1, "--ramp-max", 2,
+        "--ramp-pause", 0.1, "--warmup", 0.2, "--duration", 0.8, "--ramp-p99-ms", 1000,
+    )
+    assert summary["ramp"] is True
+    assert 1 <= len(steps) == summary["steps"] <= 2
+    assert [step["matches"] for step in steps] == [1, 2][: len(steps)]
+    for step in steps:
+        assert step["lost"] == 0 and step["matches_ready"] == step["matches"]
+    if not summary["stopped_by_generator"]:
+        assert summary["largest_passing_matches"] == 2
+
+
+def test_connhold_holds_idle_clients_that_answer_pings(server):
+    port, pid = server
+    [report] = run_tool(
+        "connhold.py", "--port", port, "--clients", 40, "--hold", 1.5, "--settle", 0.2,
+        "--server-pid", pid,
+    )
+    assert report["registered"] == report["held"] == 40
+    assert report["all_held"] and report["closed_by_server"] == 0
+    assert report["pings_answered"] >= 40  # the hold outlasts the idle timeout
+    assert report["server_open_files"] >= 40
+    assert report["server_rss_after_mib"] > 1
+
+
+def test_connhold_storm_ends_with_everyone_holding_the_full_list(server):
+    port, pid = server
+    [report] = run_tool(
+        "connhold.py", "--port", port, "--storm", "--clients", 60, "--setup-timeout", 10,
+        "--server-pid", pid,
+    )
+    assert report["all_complete"] and report["complete"] == 60
+    assert report["failures"] == {}
+    assert 0 < report["storm_seconds"] < 10
+    assert report["lists_parsed"] >= 1
+
+
+def _load_loadgen() -> Any:
+    sys.path.insert(0, str(TOOLS))
+    try:
+        spec = importlib.util.spec_from_file_location("loadgen_under_test", TOOLS / "loadgen.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(TOOLS))
+
+
+def test_latency_histogram_percentiles_are_upper_bucket_edges():
+    loadgen = _load_loadgen()
+    histogram = loadgen.Histogram()
+    for bucket in range(100):  # one value in the middle of each of the first 100 buckets
+        histogram.record((bucket * 10 + 5) / 1e6)
+    histogram.record(0.2505)  # past 100 ms the buckets are 1 ms wide
+    assert histogram.count == 101
+    assert histogram.percentile(0.5) == pytest.approx(510e-6)  # rank 51: bucket 50
+    assert histogram.percentile(0.99) == pytest.approx(1000e-6)  # rank 100: bucket 99
+    assert histogram.maximum() == pytest.approx(0.251)
+    merged = loadgen.Histogram()
+    merged.add_sparse(histogram.to_sparse())
+    assert merged.counts == histogram.counts

@@ -1,0 +1,1191 @@
+#!/usr/bin/env python3
+"""Load generator: N matches of two clients, each playing 60 inputs a second.
+
+Every client is a raw non-blocking TCP socket driven by one epoll loop (per
+process; ``--processes K`` spreads the matches over K processes).  A client
+connects, sends ``H004`` and its registration in one write, answers ``ELOL``
+with ``FLOL``, pairs with its partner by mutual ``game_request``, readies up,
+waits for ``match_start``, asks for its first panels (``P5000000``), and
+then sends one ``I`` input per frame at 60 Hz, at a phase within the frame
+drawn at random per client.  It asks for panels again about every 10 s,
+giving the last 6 digits of the previous reply as its top row.
+
+Measuring latency
+-----------------
+The input symbol carries a sequence number: input ``k`` of a client is the
+symbol at position ``k mod 64`` of the 64-symbol alphabet.  The sender keeps
+the send time of its last 64 inputs, indexed by ``k mod 64``; the receiver,
+in the same process, looks the time up when the relayed input arrives.  The
+server relays inputs in order, so the receiver also knows which symbol comes
+next: a jump forward is a gap (inputs lost), a step back is a reordering.
+
+The time of receipt is, by default, the kernel's timestamp of the arrival of
+the bytes on the receiving socket (``SO_TIMESTAMPNS``), so a generator that
+is busy sending does not add its own delay to the server's latency.  The
+time the generator actually read the bytes is reported too ("read"); the
+difference is the generator's own reaction time.
+
+A saturated generator must never pass for a slow server: every send records
+its lag behind its schedule, and the generator's own CPU use is reported.
+When the lag or the input rate shows the generator fell behind, the report
+says so.
+
+Examples::
+
+    taskset -c 1 .venv/bin/python tools/loadgen.py --port 49569 --matches 200 \\
+        --duration 30 --server-pid "$(pgrep -f netplay-server)"
+    taskset -c 1 .venv/bin/python tools/loadgen.py --port 49569 --ramp --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import math
+import multiprocessing
+import os
+import random
+import resource
+import select
+import socket
+import struct
+import sys
+import time
+from typing import Any, Callable
+
+try:  # run as a script: tools/ is on sys.path
+    import _procstat
+except ImportError:  # imported as tools.loadgen
+    from tools import _procstat  # type: ignore[no-redef]
+
+from netplay.wire import encode_json
+
+FRAME_SECONDS = 1 / 60
+ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz1234567890+/"
+INPUT_MESSAGES = [b"I" + bytes([symbol]) for symbol in ALPHABET]
+SYMBOL_INDEX = [-1] * 256
+for _position, _symbol in enumerate(ALPHABET):
+    SYMBOL_INDEX[_symbol] = _position
+
+# Whole message lengths, server to client; 0: not a letter of that direction.
+SERVER_LENGTHS = [0] * 256
+for _letter, _length in {
+    "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "L": 2, "W": 1,
+}.items():
+    SERVER_LENGTHS[ord(_letter)] = _length
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value, absent from Python 3.11
+TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
+_timespec = struct.Struct("qq")
+
+LOBBY_PREFIX = b'{"unpaired"'
+READY_STATE = encode_json(
+    {"menu_state": {"cursor": "ready", "ready": True, "character": "lip", "level": 5}}
+)
+PANEL_INTERVAL = 10.0
+SEND_BATCH = 64  # sends between two looks at the sockets when behind schedule
+CONNECT_RETRY_ERRORS = {
+    errno.EAGAIN, errno.EADDRNOTAVAIL, errno.ECONNREFUSED, errno.ECONNRESET,
+    errno.ETIMEDOUT, errno.ENOBUFS,
+}
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+EPOLL_ERRORS = select.EPOLLERR | select.EPOLLHUP
+
+# Client states, in order of progress.
+NEW, CONNECTING, HANDSHAKE, LOBBY, REQUESTED, ROOM, MATCH, READY, FAILED = range(9)
+
+
+# ---------------------------------------------------------------------------
+# Histograms
+
+
+class Histogram:
+    """Counts of durations: 10 us buckets up to 100 ms, then 1 ms buckets to 10 s.
+
+    Percentiles are the upper edge of the bucket holding the rank, so they
+    err on the high side by at most one bucket.  Mergeable across processes
+    through :meth:`to_sparse` / :meth:`add_sparse`.
+    """
+
+    FINE = 10_000  # buckets of 10 us
+    COARSE = 9_900  # buckets of 1 ms, from 100 ms on
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self.FINE + self.COARSE)
+
+    def record(self, seconds: float) -> None:
+        index = int(seconds * 100_000.0)
+        if index < 0:
+            index = 0
+        elif index >= self.FINE:
+            index = min(self.FINE + int((seconds - 0.1) * 1000.0), len(self.counts) - 1)
+        self.counts[index] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    @classmethod
+    def upper_edge(cls, index: int) -> float:
+        if index < cls.FINE:
+            return (index + 1) / 100_000.0
+        return 0.1 + (index - cls.FINE + 1) / 1000.0
+
+    def percentile(self, fraction: float) -> float | None:
+        total = self.count
+        if not total:
+            return None
+        rank = max(1, math.ceil(fraction * total))
+        running = 0
+        for index, count in enumerate(self.counts):
+            running += count
+            if running >= rank:
+                return self.upper_edge(index)
+        return None  # not reached
+
+    def maximum(self) -> float | None:
+        for index in range(len(self.counts) - 1, -1, -1):
+            if self.counts[index]:
+                return self.upper_edge(index)
+        return None
+
+    def summary_ms(self) -> dict[str, float | None]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000.0, 3)
+
+        return {
+            "p50": ms(self.percentile(0.50)),
+            "p99": ms(self.percentile(0.99)),
+            "max": ms(self.maximum()),
+            "n": self.count,
+        }
+
+    def to_sparse(self) -> list[list[int]]:
+        return [[index, count] for index, count in enumerate(self.counts) if count]
+
+    def add_sparse(self, sparse: list[list[int]]) -> None:
+        for index, count in sparse:
+            self.counts[index] += count
+
+
+# ---------------------------------------------------------------------------
+# Process set-up helpers
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift this process's soft limit on open files to the hard limit; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+def tighten_timer_slack() -> None:
+    """Ask for 1 us timer slack (default 50 us) so sleeps end close to their deadline."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, nanoseconds
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------------------
+# One client
+
+
+class Client:
+    """The state of one simulated player."""
+
+    __slots__ = (
+        "index", "name", "is_first", "partner", "sock", "fd", "state", "inbuf", "need", "out",
+        "sent_at", "tx", "rx", "rx_next", "gaps", "reordered", "pings", "attempts", "retry_at",
+        "panel_due", "panel_sent_at", "last_row", "panels", "opponent_panels", "phase",
+        "closed", "registration",
+    )
+
+    def __init__(self, index: int, name: str, is_first: bool) -> None:
+        self.index = index
+        self.name = name
+        self.is_first = is_first  # the first of the pair connects first and answers the request
+        self.partner: Client | None = None
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.state = NEW
+        self.inbuf = bytearray()
+        self.need = 0  # bytes inbuf must hold before a whole message can be parsed
+        self.out = b""  # bytes the kernel would not take yet
+        self.sent_at = [0.0] * 64
+        self.tx = 0  # inputs sent
+        self.rx = 0  # inputs received from the partner
+        self.rx_next = 0  # the symbol position expected next
+        self.gaps = 0
+        self.reordered = 0
+        self.pings = 0
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.panel_due = math.inf
+        self.panel_sent_at = 0.0
+        self.last_row = "000000"
+        self.panels = 0
+        self.opponent_panels = 0
+        self.phase = 0.0
+        self.closed = False  # the server closed the connection
+        self.registration = encode_json({"name": name, "level": 5, "character": "lip"})
+
+
+class Worker:
+    """A set of matches driven by one epoll loop in one process.
+
+    ``setup`` connects and pairs everyone; ``run`` plays; ``result`` sums up.
+    The worker owns its sockets and closes them in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        match_ids: list[int],
+        name_prefix: str,
+        *,
+        seed: int,
+        connect_concurrency: int = 100,
+        kernel_timestamps: bool = True,
+    ) -> None:
+        self.address = (host, port)
+        self.rng = random.Random(seed)
+        self.kernel_timestamps = kernel_timestamps
+        self.connect_concurrency = connect_concurrency
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, Client] = {}
+        self.clients: list[Client] = []
+        self.pairs: list[tuple[Client, Client]] = []
+        for match_id in match_ids:
+            first = Client(2 * match_id, f"{name_prefix}m{match_id}a", True)
+            second = Client(2 * match_id + 1, f"{name_prefix}m{match_id}b", False)
+            first.partner, second.partner = second, first
+            self.clients += (first, second)
+            self.pairs.append((first, second))
+        self.connect_queue: list[Client] = []
+        self.retries: list[Client] = []
+        self.in_flight = 0  # connecting or not yet registered
+        self.ready_clients = 0
+        self.failures: dict[str, int] = {}
+        self.sent = 0
+        self.received = 0
+        self.latency = Histogram()  # kernel receive time - send time
+        self.read_latency = Histogram()  # generator read time - send time
+        self.send_lag = Histogram()  # actual send time - scheduled send time
+        self.panel_rtt = Histogram()  # in the window; the first requests are in setup_panel_rtt
+        self.setup_panel_rtt = Histogram()
+        self.recv_size = 65536
+        self.window: dict[str, Any] = {}
+        self.setup_seconds = 0.0
+
+    # -- connection set-up ------------------------------------------------------
+
+    def _fail(self, client: Client, reason: str) -> None:
+        if client.state in (CONNECTING, HANDSHAKE):
+            self.in_flight -= 1
+        client.state = FAILED
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self._drop_socket(client)
+
+    def _drop_socket(self, client: Client) -> None:
+        if client.sock is not None:
+            try:
+                self.epoll.unregister(client.fd)
+            except (OSError, ValueError):
+                pass
+            self.by_fd.pop(client.fd, None)
+            client.sock.close()
+            client.sock = None
+            client.fd = -1
+
+    def _start_connect(self, client: Client, now: float) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as error:  # EMFILE: out of descriptors
+            client.state = FAILED
+            code = error.errno or 0
+            reason = "socket_" + errno.errorcode.get(code, str(code))
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.kernel_timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        error = sock.connect_ex(self.address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry(client, now, error)
+            return
+        client.sock, client.fd = sock, sock.fileno()
+        client.state = CONNECTING
+        self.in_flight += 1
+        self.by_fd[client.fd] = client
+        self.epoll.register(client.fd, EPOLLOUT)
+
+    def _retry(self, client: Client, now: float, error: int) -> None:
+        """Try again later after a refused connect, unless it cannot help."""
+        client.attempts += 1
+        if client.attempts > 10 or error not in CONNECT_RETRY_ERRORS:
+            client.state = FAILED
+            reason = "connect_" + errno.errorcode.get(error, str(error))
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+            return
+        client.state = NEW
+        client.retry_at = now + 0.05 * client.attempts
+        self.retries.append(client)
+
+    def _connected(self, client: Client, now: float) -> None:
+        assert client.sock is not None
+        error = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.in_flight -= 1
+            self._drop_socket(client)
+            self._retry(client, now, error)
+            return
+        self.epoll.modify(client.fd, EPOLLIN)
+        client.state = HANDSHAKE
+        self._send(client, b"H004" + client.registration)
+
+    def _registered(self, client: Client) -> None:
+        self.in_flight -= 1
+        partner = client.partner
+        assert partner is not None
+        if client.is_first:
+            client.state = LOBBY
+            self.connect_queue.append(partner)
+        else:
+            # The first of the pair registered before this one connected, and
+            # stays in the lobby until this request arrives.
+            client.state = REQUESTED
+            self._send_request(client)
+
+    def _send_request(self, client: Client) -> None:
+        assert client.partner is not None
+        self._send(
+            client,
+            encode_json({"game_request": {"sender": client.name, "receiver": client.partner.name}}),
+        )
+
+    def _send_panel_request(self, client: Client, now: float) -> None:
+        client.panel_sent_at = now
+        self._send(client, b"P5" + client.last_row.encode("ascii"))
+
+    def _send(self, client: Client, data: bytes) -> None:
+        """Send, or keep what the kernel would not take and send it when writable."""
+        sock = client.sock
+        if sock is None:
+            return
+        if client.out:
+            client.out += data
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._closed(client)
+            return
+        if sent < len(data):
+            client.out = data[sent:]
+            self.epoll.modify(client.fd, EPOLLIN | EPOLLOUT)
+
+    def _flush(self, client: Client) -> None:
+        sock = client.sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(client.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._closed(client)
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self.epoll.modify(client.fd, EPOLLIN)
+
+    def _closed(self, client: Client) -> None:
+        """The server closed or reset the connection."""
+        if client.state < READY:
+            self._fail(client, "closed_during_setup")
+            return
+        client.closed = True
+        self._drop_socket(client)
+
+    # -- incoming messages -------------------------------------------------------
+
+    def _read(self, client: Client) -> None:
+        sock = client.sock
+        if sock is None:
+            return
+        try:
+            if self.kernel_timestamps:
+                data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
+            else:
+                data, ancillary = sock.recv(self.recv_size), None
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._closed(client)
+            return
+        read_at = time.time()
+        if not data:
+            self._closed(client)
+            return
+        arrived_at = read_at
+        if ancillary:
+            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
+            arrived_at = seconds + nanoseconds * 1e-9
+        if len(data) == 2 and data[0] == 73 and not client.inbuf:  # one input: the common case
+            self._input(client, data[1], arrived_at, read_at)
+            return
+        self._feed(client, data, arrived_at, read_at)
+
+    def _input(self, client: Client, symbol: int, arrived_at: float, read_at: float) -> None:
+        position = SYMBOL_INDEX[symbol]
+        expected = client.rx_next
+        if position != expected:
+            step = (position - expected) & 63
+            if step >= 32 or position < 0:  # behind what was already seen
+                client.reordered += 1
+                client.rx += 1
+                self.received += 1
+                return
+            client.gaps += step
+        client.rx_next = (position + 1) & 63
+        client.rx += 1
+        self.received += 1
+        sent_at = client.partner.sent_at[position]  # type: ignore[union-attr]
+        # Inlined Histogram.record for the two per-input histograms.
+        latency = arrived_at - sent_at
+        index = int(latency * 100_000.0)
+        if 0 <= index < 10_000:
+            self.latency.counts[index] += 1
+        else:
+            self.latency.record(latency)
+        latency = read_at - sent_at
+        index = int(latency * 100_000.0)
+        if 0 <= index < 10_000:
+            self.read_latency.counts[index] += 1
+        else:
+            self.read_latency.record(latency)
+
+    def _feed(self, client: Client, data: bytes, arrived_at: float, read_at: float) -> None:
+        if client.inbuf:
+            client.inbuf += data
+            if len(client.inbuf) < client.need:
+                return
+            data = bytes(client.inbuf)
+            client.inbuf = bytearray()
+        end = len(data)
+        position = 0
+        while position < end:
+            letter = data[position]
+            if letter == 73:  # I
+                if position + 2 > end:
+                    client.need = 2
+                    break
+                self._input(client, data[position + 1], arrived_at, read_at)
+                position += 2
+                continue
+            if letter == 74:  # J
+                if position + 4 > end:
+                    client.need = 4
+                    break
+                frame_end = position + 4 + int.from_bytes(data[position + 1 : position + 4], "big")
+                if frame_end > end:
+                    client.need = frame_end - position
+                    break
+                self._json(client, data[position + 4 : frame_end])
+                position = frame_end
+                if client.state == FAILED:
+                    return
+                continue
+            length = SERVER_LENGTHS[letter]
+            if length == 0:
+                self._fail(client, "unknown_letter_" + chr(letter))
+                return
+            if position + length > end:
+                client.need = length
+                break
+            if letter == 69:  # E: ping
+                client.pings += 1
+                self._send(client, b"F" + data[position + 1 : position + 4])
+            elif letter == 80:  # P: our panels
+                client.panels += 1
+                client.last_row = data[position + 115 : position + 121].decode("ascii")
+                if client.panel_sent_at:
+                    self.panel_rtt.record(time.monotonic() - client.panel_sent_at)
+                    client.panel_sent_at = 0.0
+                if client.state == MATCH:
+                    client.state = READY
+                    self.ready_clients += 1
+            elif letter == 79:  # O: the opponent's panels
+                client.opponent_panels += 1
+            elif letter == 78:  # N: version refused
+                self._fail(client, "version_refused")
+                return
+            position += length  # H, W, L, Q, R: nothing to do
+        if position < end:
+            client.inbuf = bytearray(data[position:])
+
+    def _json(self, client: Client, body: bytes) -> None:
+        if body.startswith(LOBBY_PREFIX):
+            if client.state == HANDSHAKE:
+                self._registered(client)
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            self._fail(client, "bad_json")
+            return
+        if "game_request" in payload:
+            if client.is_first and client.state == LOBBY:
+                client.state = REQUESTED
+                self._send_request(client)
+        elif "create_room" in payload:
+            if client.state == REQUESTED:
+                client.state = ROOM
+                self._send(client, READY_STATE)
+        elif "match_start" in payload:
+            if client.state == ROOM:
+                client.state = MATCH
+                self._send_panel_request(client, time.monotonic())
+        elif "choose_another_name" in payload:
+            self._fail(client, "name_refused")
+        elif "leave_room" in payload:
+            if client.state >= ROOM:
+                # The opponent is gone: this match is over for the generator.
+                client.closed = True
+                if client.state < READY:
+                    self._fail(client, "left_room_during_setup")
+
+    # -- the loops ---------------------------------------------------------------
+
+    def _poll(self, timeout: float) -> None:
+        by_fd = self.by_fd
+        for fd, events in self.epoll.poll(timeout):
+            client = by_fd.get(fd)
+            if client is None:
+                continue
+            if client.state == CONNECTING:
+                self._connected(client, time.monotonic())
+                continue
+            if events & (EPOLLIN | EPOLL_ERRORS):
+                self._read(client)
+            if events & EPOLLOUT and client.out:
+                self._flush(client)
+
+    def setup(self, timeout: float) -> int:
+        """Connect, register and pair every match; return how many matches are ready.
+
+        Connections are started ``connect_concurrency`` at a time (counting
+        those not yet registered), and retried with a growing pause when
+        the kernel or the server refuses them.  Gives up after ``timeout``.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        self.connect_queue = [first for first, _ in self.pairs]
+        self.connect_queue.reverse()  # popped from the end: match 0 first
+        target = len(self.clients)
+        while self.ready_clients < target:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if self.retries:
+                due = [c for c in self.retries if c.retry_at <= now]
+                if due:
+                    self.retries = [c for c in self.retries if c.retry_at > now]
+                    self.connect_queue += due
+            while self.connect_queue and self.in_flight < self.connect_concurrency:
+                self._start_connect(self.connect_queue.pop(), now)
+            if not (self.connect_queue or self.retries or self.in_flight) and all(
+                c.state in (READY, FAILED) or c.partner.state == FAILED  # type: ignore[union-attr]
+                for c in self.clients
+            ):
+                break  # nothing more can become ready
+            self._poll(0.005)
+        self.setup_seconds = time.monotonic() - start
+        ready = 0
+        for first, second in self.pairs:
+            if first.state == READY and second.state == READY and not (first.closed or second.closed):
+                ready += 1
+            else:
+                for client in (first, second):
+                    if client.state not in (READY, FAILED):
+                        self.failures["setup_timeout"] = self.failures.get("setup_timeout", 0) + 1
+                    self._drop_socket(client)
+                    client.state = FAILED
+        return ready
+
+    def run(
+        self,
+        start_at: float,
+        measure_at: float,
+        end_at: float,
+        *,
+        drain: float = 2.0,
+        panel_interval: float = PANEL_INTERVAL,
+        on_measure: Callable[[str], None] | None = None,
+    ) -> None:
+        """Play from ``start_at`` to ``end_at`` (monotonic clock); statistics from ``measure_at``.
+
+        ``on_measure("start")`` and ``on_measure("stop")`` are called at the
+        edges of the measured window (the caller samples the server there).
+        After ``end_at`` the loop keeps reading for up to ``drain`` seconds
+        so that inputs still in flight are not counted as lost.  Each player
+        asks for panels every ``panel_interval`` seconds (0: only the first).
+        """
+        players = [c for c in self.clients if c.state == READY]
+        self.recv_size = 16384
+        for client in players:
+            client.phase = self.rng.random() * FRAME_SECONDS
+            client.panel_due = (
+                start_at + self.rng.random() * panel_interval if panel_interval > 0 else math.inf
+            )
+        players.sort(key=lambda c: c.phase)
+        count = len(players)
+        measuring = False
+        cpu_start = 0.0
+        switches_start = 0
+        frame = 0
+        slot = 0
+        next_at = start_at + (players[0].phase if players else math.inf)
+        monotonic, wall, sleep, poll = time.monotonic, time.time, time.sleep, self._poll
+        lag_counts = self.send_lag.counts
+        while True:
+            now = monotonic()
+            if now >= end_at:
+                break
+            if not measuring and now >= measure_at:
+                measuring = True
+                self._start_window(now)
+                lag_counts = self.send_lag.counts
+                cpu_start = _own_cpu_seconds()
+                switches_start = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+                if on_measure is not None:
+                    on_measure("start")
+            # The sends that are due, in schedule order; at most a batch, so
+            # that a generator behind its schedule still reads and stops on time.
+            batch = SEND_BATCH
+            while next_at <= now and batch:
+                batch -= 1
+                client = players[slot]
+                sock = client.sock
+                if sock is not None and not client.closed:
+                    lag = monotonic() - next_at
+                    index = int(lag * 100_000.0)
+                    if index < 10_000:
+                        lag_counts[index] += 1
+                    else:
+                        self.send_lag.record(lag)
+                    position = client.tx & 63
+                    client.sent_at[position] = wall()
+                    if client.out:
+                        self._send(client, INPUT_MESSAGES[position])
+                    else:
+                        try:
+                            if sock.send(INPUT_MESSAGES[position]) != 2:
+                                raise BlockingIOError
+                        except BlockingIOError:
+                            # Not expected for 2 bytes; fall back to the buffered path.
+                            self._send(client, INPUT_MESSAGES[position])
+                        except OSError:
+                            self._closed(client)
+                    client.tx += 1
+                    self.sent += 1
+                    if now >= client.panel_due:
+                        client.panel_due = now + panel_interval
+                        self._send_panel_request(client, now)
+                slot += 1
+                if slot == count:
+                    slot = 0
+                    frame += 1
+                next_at = start_at + frame * FRAME_SECONDS + players[slot].phase
+                now = monotonic()
+            if next_at <= now:  # behind schedule: read what came in, then go on sending
+                poll(0)
+                continue
+            # Wait for input, but wake up before the next send is due: epoll
+            # rounds its timeout up to whole milliseconds, so ask for the whole
+            # milliseconds left and sleep the remainder with nanosleep.
+            remaining = min(next_at, end_at) - monotonic()
+            poll(math.floor(remaining * 1000.0) / 1000.0 if remaining >= 0.001 else 0)
+            remaining = min(next_at, end_at) - monotonic()
+            if 0 < remaining < 0.001:
+                sleep(remaining)
+        if measuring:
+            self._stop_window(
+                monotonic(),
+                _own_cpu_seconds() - cpu_start,
+                resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches_start,
+            )
+            if on_measure is not None:
+                on_measure("stop")
+        # Drain: keep reading until everything sent has arrived, or time is up.
+        drain_end = monotonic() + drain
+        while monotonic() < drain_end:
+            if all(c.rx >= c.partner.tx for c in players if not c.closed):  # type: ignore[union-attr]
+                break
+            poll(0.01)
+
+    def _start_window(self, now: float) -> None:
+        self.latency, self.read_latency, self.send_lag = Histogram(), Histogram(), Histogram()
+        self.setup_panel_rtt, self.panel_rtt = self.panel_rtt, Histogram()
+        self.window = {"start": now, "sent": self.sent, "received": self.received}
+
+    def _stop_window(self, now: float, cpu: float, preempted: int) -> None:
+        self.window["seconds"] = now - self.window["start"]
+        self.window["sent"] = self.sent - self.window["sent"]
+        self.window["received"] = self.received - self.window["received"]
+        self.window["cpu"] = cpu
+        self.window["preempted"] = preempted
+
+    def result(self) -> dict[str, Any]:
+        players = [c for c in self.clients if c.state == READY]
+        lost = sum(max(0, c.partner.tx - c.rx) for c in players)  # type: ignore[union-attr]
+        return {
+            "matches_ready": sum(1 for a, b in self.pairs if a.state == READY and b.state == READY),
+            "setup_seconds": self.setup_seconds,
+            "failures": self.failures,
+            "sent_total": sum(c.tx for c in players),
+            "received_total": sum(c.rx for c in players),
+            "lost": lost,
+            "gaps": sum(c.gaps for c in players),
+            "reordered": sum(c.reordered for c in players),
+            "closed": sum(1 for c in players if c.closed),
+            "pings": sum(c.pings for c in players),
+            "panels": sum(c.panels for c in players),
+            "opponent_panels": sum(c.opponent_panels for c in players),
+            "window": self.window,
+            "latency": self.latency.to_sparse(),
+            "read_latency": self.read_latency.to_sparse(),
+            "send_lag": self.send_lag.to_sparse(),
+            "panel_rtt": self.panel_rtt.to_sparse(),
+            "setup_panel_rtt": self.setup_panel_rtt.to_sparse(),
+        }
+
+    def close(self) -> None:
+        for client in self.clients:
+            self._drop_socket(client)
+        self.epoll.close()
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+# ---------------------------------------------------------------------------
+# One experiment: N matches, in one or several processes
+
+
+def _split(count: int, parts: int) -> list[list[int]]:
+    return [list(range(part, count, parts)) for part in range(parts)]
+
+
+def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
+    """Body of one generator process: set up, report, wait for the start, play, report."""
+    tighten_timer_slack()
+    raise_open_file_limit()
+    worker = Worker(
+        spec["host"], spec["port"], spec["match_ids"], spec["prefix"], seed=spec["seed"],
+        connect_concurrency=spec["connect_concurrency"],
+        kernel_timestamps=spec["kernel_timestamps"],
+    )
+    try:
+        ready = worker.setup(spec["setup_timeout"])
+        pipe.send(("ready", ready))
+        command = pipe.recv()
+        if command[0] == "start":
+            _, start_at, measure_at, end_at = command
+            worker.run(
+                start_at, measure_at, end_at, drain=spec["drain"],
+                panel_interval=spec["panel_interval"],
+            )
+        pipe.send(("result", worker.result()))
+    finally:
+        worker.close()
+
+
+def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str, Any]:
+    """Set up ``matches`` matches, play them, and return the merged report."""
+    server_pid = args.server_pid
+    server_rss_before = _procstat.rss_bytes(server_pid) if server_pid else None
+    meter = _procstat.CpuMeter(server_pid) if server_pid else None
+    machine = _procstat.MachineMeter()
+    server_preempted: list[int | None] = []
+    setup_timeout = args.setup_timeout if args.setup_timeout else 20.0 + matches * 0.05
+    spec_base = {
+        "host": args.host, "port": args.port, "prefix": f"lg{tag}p",
+        "connect_concurrency": args.connect_concurrency, "setup_timeout": setup_timeout,
+        "kernel_timestamps": not args.user_timestamps, "drain": 2.0,
+        "panel_interval": args.panel_interval,
+    }
+    processes = max(1, min(args.processes, matches)) if matches else 1
+    shares = _split(matches, processes)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+
+    def on_measure(edge: str) -> None:
+        if edge == "start":
+            machine.start()
+            if meter is not None:
+                meter.start()
+                server_preempted.append(_procstat.preemptions(server_pid))
+        else:
+            machine.stop()
+            if meter is not None:
+                meter.stop()
+                server_preempted.append(_procstat.preemptions(server_pid))
+
+    results: list[dict[str, Any]] = []
+    ready = 0
+    if processes == 1:
+        worker = Worker(
+            args.host, args.port, shares[0], f"lg{tag}p0", seed=seed,
+            connect_concurrency=args.connect_concurrency,
+            kernel_timestamps=not args.user_timestamps,
+        )
+        try:
+            ready = worker.setup(setup_timeout)
+            start_at = time.monotonic() + 0.2
+            worker.run(
+                start_at, start_at + args.warmup, start_at + args.warmup + args.duration,
+                panel_interval=args.panel_interval, on_measure=on_measure,
+            )
+            results.append(worker.result())
+        finally:
+            worker.close()
+    else:
+        context = multiprocessing.get_context("fork")
+        children = []
+        for index, share in enumerate(shares):
+            parent_end, child_end = context.Pipe()
+            spec = dict(spec_base, match_ids=share, prefix=f"lg{tag}p{index}", seed=seed + index)
+            process = context.Process(target=_worker_process, args=(spec, child_end), daemon=True)
+            process.start()
+            children.append((process, parent_end))
+        try:
+            for process, pipe in children:
+                if not pipe.poll(setup_timeout + 30):
+                    raise RuntimeError("a generator process did not finish its set-up")
+                ready += pipe.recv()[1]
+            start_at = time.monotonic() + 0.3
+            measure_at = start_at + args.warmup
+            end_at = measure_at + args.duration
+            for _, pipe in children:
+                pipe.send(("start", start_at, measure_at, end_at))
+            time.sleep(max(0.0, measure_at - time.monotonic()))
+            on_measure("start")
+            time.sleep(max(0.0, end_at - time.monotonic()))
+            on_measure("stop")
+            for process, pipe in children:
+                if not pipe.poll(30):
+                    raise RuntimeError("a generator process did not report")
+                results.append(pipe.recv()[1])
+        finally:
+            for process, _ in children:
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+    report = merge_results(results, matches=matches, processes=processes)
+    report["duration"] = args.duration
+    report["warmup"] = args.warmup
+    if meter is not None:
+        report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
+        report["server_rss_mib"] = _mib(_procstat.rss_bytes(server_pid))
+        report["server_rss_before_mib"] = _mib(server_rss_before)
+        if len(server_preempted) == 2 and None not in server_preempted:
+            report["server_preempted"] = server_preempted[1] - server_preempted[0]  # type: ignore[operator]
+    if machine.busy_percent is not None:
+        # What the rest of the machine (other people's processes) used meanwhile;
+        # approximate, since interrupt time is not always charged to a process.
+        others = machine.busy_percent - (report["generator_cpu_percent"] or 0.0)
+        if meter is not None and meter.percent is not None:
+            others -= meter.percent
+        report["machine_busy_percent"] = round(machine.busy_percent, 1)
+        report["machine_steal_percent"] = round(machine.steal_percent or 0.0, 1)
+        report["other_processes_cpu_percent"] = round(max(0.0, others), 1)
+    report["generator_limited"] = generator_limited(report)
+    return report
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / (1 << 20), 1)
+
+
+def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int) -> dict[str, Any]:
+    histograms = {
+        name: Histogram()
+        for name in ("latency", "read_latency", "send_lag", "panel_rtt", "setup_panel_rtt")
+    }
+    total: dict[str, Any] = {"matches": matches, "processes": processes}
+    for key in ("matches_ready", "sent_total", "received_total", "lost", "gaps", "reordered",
+                "closed", "pings", "panels", "opponent_panels"):
+        total[key] = sum(result[key] for result in results)
+    failures: dict[str, int] = {}
+    window_seconds = []
+    sent = received = 0
+    generator_cpu = 0.0
+    preempted = 0
+    for result in results:
+        for name, histogram in histograms.items():
+            histogram.add_sparse(result[name])
+        for reason, count in result["failures"].items():
+            failures[reason] = failures.get(reason, 0) + count
+        window = result["window"]
+        if "seconds" in window:
+            window_seconds.append(window["seconds"])
+            sent += window["sent"]
+            received += window["received"]
+            generator_cpu += window["cpu"]
+            preempted += window["preempted"]
+    total["setup_seconds"] = round(max(result["setup_seconds"] for result in results), 2)
+    total["failures"] = failures
+    seconds = max(window_seconds) if window_seconds else 0.0
+    total["window_seconds"] = round(seconds, 2)
+    total["sent"] = sent
+    total["received"] = received
+    players = 2 * total["matches_ready"]
+    total["rate_per_player"] = round(sent / seconds / players, 2) if seconds and players else None
+    total["generator_cpu_percent"] = round(100 * generator_cpu / seconds, 1) if seconds else None
+    # Involuntary context switches: how often another process took the generator's core.
+    total["generator_preempted"] = preempted
+    for name, histogram in histograms.items():
+        total[name + "_ms"] = histogram.summary_ms()
+    return total
+
+
+def generator_limited(report: dict[str, Any]) -> bool:
+    """Whether the generator, not the server, kept the schedule from being met."""
+    lag = report["send_lag_ms"]["p99"]
+    rate = report["rate_per_player"]
+    cpu = report["generator_cpu_percent"] or 0.0
+    cores = min(report["processes"], len(os.sched_getaffinity(0)))
+    return bool(
+        (lag is not None and lag > 4.0)
+        or (rate is not None and rate < 0.97 * 60)
+        or cpu > 95.0 * cores
+    )
+
+
+def passed(report: dict[str, Any], p99_limit_ms: float) -> bool:
+    p99 = report["latency_ms"]["p99"]
+    return (
+        report["matches_ready"] == report["matches"]
+        and report["lost"] == 0
+        and report["gaps"] == 0
+        and report["reordered"] == 0
+        and report["closed"] == 0
+        and p99 is not None
+        and p99 < p99_limit_ms
+    )
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def format_report(report: dict[str, Any]) -> str:
+    def row(name: str, summary: dict[str, Any]) -> str:
+        return (
+            f"  {name:<28} p50 {_fmt(summary['p50'])}  p99 {_fmt(summary['p99'])}"
+            f"  max {_fmt(summary['max'])}  (n={summary['n']})"
+        )
+
+    lines = [
+        f"matches {report['matches']} (ready {report['matches_ready']}, set-up "
+        f"{report['setup_seconds']} s)  window {report['window_seconds']} s after "
+        f"{report['warmup']} s warm-up  processes {report['processes']}",
+        f"  inputs sent {report['sent']}  received {report['received']}  rate "
+        f"{report['rate_per_player']}/s per player  lost {report['lost']}  gaps "
+        f"{report['gaps']}  reordered {report['reordered']}  closed {report['closed']}",
+        row("latency ms (kernel receipt)", report["latency_ms"]),
+        row("latency ms (generator read)", report["read_latency_ms"]),
+        row("generator send lag ms", report["send_lag_ms"]),
+        row("panel round trip ms", report["panel_rtt_ms"]),
+        row("panel round trip ms, before", report["setup_panel_rtt_ms"]),
+        f"  generator cpu {report['generator_cpu_percent']}% (of "
+        f"{report['processes']} process(es)), preempted {report['generator_preempted']} times",
+    ]
+    if "server_cpu_percent" in report:
+        lines.append(
+            f"  server cpu {report['server_cpu_percent']}% of one core  rss "
+            f"{report['server_rss_mib']} MiB (before set-up {report['server_rss_before_mib']} MiB)"
+            f", preempted {report.get('server_preempted', '-')} times"
+        )
+    if "machine_busy_percent" in report:
+        lines.append(
+            f"  machine busy {report['machine_busy_percent']}% of one core, of which other "
+            f"processes about {report['other_processes_cpu_percent']}%; steal "
+            f"{report['machine_steal_percent']}%"
+        )
+    if report["failures"]:
+        lines.append(f"  failures {report['failures']}")
+    if report["generator_limited"]:
+        lines.append(
+            "  WARNING: the generator fell behind its schedule (saturated, or its core taken "
+            "by other processes); the latency may be the generator's, not the server's"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------------------
+# Ramp
+
+
+def ramp(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Find the largest N with latency p99 under the limit and nothing lost.
+
+    N doubles from ``--ramp-start`` until a step fails (or ``--ramp-max``),
+    then ``--ramp-bisect`` bisection steps narrow the bracket.  A step where
+    the generator fell behind stops the search: its answer would be the
+    generator's limit, not the server's.
+    """
+    limit = args.ramp_p99_ms
+    best = 0
+    failed: int | None = None
+    stopped_by_generator = False
+    step = 0
+
+    def attempt(matches: int) -> bool | None:
+        nonlocal step
+        step += 1
+        report = run_experiment(args, matches, f"{os.getpid() % 1000}r{step}")
+        report["ramp_step"] = step
+        report["passed"] = passed(report, limit)
+        emit(report)
+        time.sleep(args.ramp_pause)  # let the server close the previous step's connections
+        if report["generator_limited"]:
+            return None
+        return report["passed"]
+
+    matches = args.ramp_start
+    while matches <= args.ramp_max:
+        outcome = attempt(matches)
+        if outcome is None:
+            stopped_by_generator = True
+            break
+        if not outcome:
+            failed = matches
+            break
+        best = matches
+        matches *= 2
+    if failed is not None and not stopped_by_generator:
+        low, high = best, failed
+        for _ in range(args.ramp_bisect):
+            middle = (low + high) // 2
+            if middle in (low, high):
+                break
+            outcome = attempt(middle)
+            if outcome is None:
+                stopped_by_generator = True
+                break
+            if outcome:
+                low = middle
+            else:
+                high = middle
+        best = low
+        failed = high
+    return {
+        "ramp": True,
+        "largest_passing_matches": best,
+        "smallest_failing_matches": failed,
+        "p99_limit_ms": limit,
+        "stopped_by_generator": stopped_by_generator,
+        "steps": step,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Play N matches against a netplay server and measure input latency.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=49569)
+    parser.add_argument("--matches", type=int, default=200, help="matches (two clients each)")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of play before measuring")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="generator processes to spread the matches over")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="sample this process's CPU and RSS from /proc")
+    parser.add_argument("--setup-timeout", type=float, default=None,
+                        help="seconds allowed to connect and pair (default 20 + 0.05 per match)")
+    parser.add_argument("--connect-concurrency", type=int, default=100,
+                        help="connections being set up at once, per process")
+    parser.add_argument("--panel-interval", type=float, default=PANEL_INTERVAL,
+                        help="seconds between a player's panel requests; 0: only the first")
+    parser.add_argument("--user-timestamps", action="store_true",
+                        help="time receipt when the generator reads, not by kernel timestamps")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the send phases")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per line instead of the text report")
+    parser.add_argument("--ramp", action="store_true",
+                        help="search the largest N that meets --ramp-p99-ms with no loss")
+    parser.add_argument("--ramp-start", type=int, default=100)
+    parser.add_argument("--ramp-max", type=int, default=3200)
+    parser.add_argument("--ramp-bisect", type=int, default=2, help="bisection steps after doubling")
+    parser.add_argument("--ramp-p99-ms", type=float, default=16.7)
+    parser.add_argument("--ramp-pause", type=float, default=3.0,
+                        help="seconds between ramp steps")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tighten_timer_slack()
+    soft, _hard = raise_open_file_limit()
+    needed = 2 * (args.ramp_max if args.ramp else args.matches) // max(1, args.processes) + 64
+    if needed > soft:
+        print(f"warning: {needed} sockets per process may exceed the open-file limit {soft}",
+              file=sys.stderr)
+
+    def emit(report: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            print(format_report(report), flush=True)
+
+    if args.ramp:
+        summary = ramp(args, emit)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(
+                f"ramp: largest passing N = {summary['largest_passing_matches']} matches "
+                f"(p99 < {summary['p99_limit_ms']} ms, no loss); smallest failing N = "
+                f"{summary['smallest_failing_matches']}"
+                + ("; stopped: the generator fell behind" if summary["stopped_by_generator"]
+                   else ""),
+                flush=True,
+            )
+        return 0
+    report = run_experiment(args, args.matches, str(os.getpid() % 100000))
+    emit(report)
+    ok = report["matches_ready"] == report["matches"] and report["lost"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
