@@ -271,15 +271,17 @@ class ServerCore:
             connection.tokens = tokens - 1.0
             if connection.flooding:
                 connection.flooding = False
-                log.warning("message_flood_ended", dropped=connection.dropped_in_flood)
+                log.warning(
+                    "message_flood_ended", player=connection.id, dropped=connection.dropped_in_flood
+                )
             return True
         connection.tokens = tokens
         if not connection.flooding:
             connection.flooding = True
             connection.dropped_in_flood = 0
             log.warning(
-                "message_flood", limit_per_second=config.max_messages_per_second,
-                burst=config.message_burst,
+                "message_flood", player=connection.id,
+                limit_per_second=config.max_messages_per_second, burst=config.message_burst,
             )
         connection.dropped_in_flood += 1
         return False

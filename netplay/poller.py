@@ -21,8 +21,9 @@ RECEIVE_SIZE = 65536
 # Sockets handled per wake-up at most, so other tasks get their turn.
 MAX_EVENTS = 1024
 
-# Called with the bytes read; b"" at end of stream; None if the read failed.
-BytesCallback = Callable[[bytes | None], None]
+# Called with the bytes read (b"" at end of stream, None if the read failed)
+# and the time of the wake-up that read them.
+BytesCallback = Callable[[bytes | None, float], None]
 
 
 def available() -> bool:
@@ -58,9 +59,10 @@ class ReadPoller:
     async def run(self) -> None:
         """Read and dispatch until cancelled."""
         epoll, callbacks = self._epoll, self._callbacks
-        wait_readable, read = trio.lowlevel.wait_readable, os.read
+        wait_readable, read, current_time = trio.lowlevel.wait_readable, os.read, trio.current_time
         while True:
             await wait_readable(epoll.fileno())
+            now = current_time()
             for fd, _ in epoll.poll(0, MAX_EVENTS):
                 callback = callbacks.get(fd)
                 if callback is None:
@@ -73,7 +75,7 @@ class ReadPoller:
                     data = None
                 if not data:
                     self.remove(fd)
-                callback(data)
+                callback(data, now)
 
     def close(self) -> None:
         self._callbacks.clear()
