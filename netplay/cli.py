@@ -57,6 +57,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _coalesce_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 0.005:
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..0.005 seconds")
+    return value
+
+
 def _networks(text: str) -> tuple[str, ...]:
     networks = tuple(n.strip() for n in text.split(",") if n.strip())
     for network in networks:
@@ -111,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queued-bytes", type=_bounded_int(1024, 1 << 40),
                         default=defaults.max_queued_bytes)
     parser.add_argument("--shutdown-grace", type=_positive_float, default=defaults.shutdown_grace)
+    parser.add_argument("--read-coalesce", type=_coalesce_seconds, default=defaults.read_coalesce,
+                        metavar="SECONDS",
+                        help="pause after a read wake-up so one round serves many sockets "
+                        "(%(default)s; 0 disables)")
     parser.add_argument("--record", metavar="DIR", default=None,
                         help="write every connection's traffic to a session file in DIR")
     return parser
@@ -136,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         message_burst=args.message_burst,
         max_queued_bytes=args.max_queued_bytes,
         shutdown_grace=args.shutdown_grace,
+        read_coalesce=args.read_coalesce,
     )
 
 

@@ -57,6 +57,10 @@ class Config:
     # A player with more than this still unsent to it waits for the next round.
     snapshot_backlog_limit: int = 64 * 1024
 
+    # After a wake-up for readable sockets, wait this long (blocking) before
+    # reading, so that one scheduler round serves many sockets; 0 disables.
+    read_coalesce: float = 0.0001
+
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0
 

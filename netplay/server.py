@@ -118,7 +118,7 @@ class Server:
             self._nursery = nursery
             nursery.start_soon(self._snapshot_loop)
             if poller.available():
-                self._poller = poller.ReadPoller()
+                self._poller = poller.ReadPoller(coalesce=self.config.read_coalesce)
                 nursery.start_soon(self._poller.run)
             if listeners:
                 self.port = listeners[0].socket.getsockname()[1]

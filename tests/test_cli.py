@@ -174,6 +174,7 @@ EVERY_SETTING = {
     "message_burst": ("60", 60),
     "max_queued_bytes": ("4096", 4096),
     "shutdown_grace": ("0.25", 0.25),
+    "read_coalesce": ("0.0002", 0.0002),
 }
 
 
