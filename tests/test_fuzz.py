@@ -40,6 +40,8 @@ from netplay.server import Server
 from netplay.testing import ConnectionClosed, ScriptedClient, running_server
 from netplay.wire import Decoder, Direction
 
+from helpers import assert_rooms_and_requests_consistent
+
 IN_ROOM = {PlayerState.ROOM, PlayerState.PLAYING, PlayerState.GAME_OVER}
 IN_MATCH = {PlayerState.PLAYING, PlayerState.GAME_OVER}
 
@@ -511,28 +513,13 @@ class CoreUnderRandomClients(RuleBasedStateMachine):
                 assert player.room is not None and lobby.rooms.get(player.room.id) is player.room
             else:
                 assert player.room is None
-        # Rooms: two connected players pointing back, in states that fit the room's.
-        for room_id, room in lobby.rooms.items():
-            assert room.id == room_id
-            first, second = room.players
-            assert first is not second
-            for player in room.players:
-                assert lobby.players.get(player.id) is player
-                assert player.room is room
-            states = {player.state for player in room.players}
-            if room.state is RoomState.SELECTING:
-                assert room.match is None and states == {PlayerState.ROOM}
-            else:
-                assert room.match is not None and states <= IN_MATCH
-                assert states != {PlayerState.GAME_OVER}
-                assert room.match.game_over == [
-                    player.state is PlayerState.GAME_OVER for player in room.players
-                ]
-        # Requests: only between two distinct players in the lobby.
-        for sender, receiver in lobby.proposals:
-            assert sender != receiver
-            assert lobby.players[sender].state is PlayerState.LOBBY
-            assert lobby.players[receiver].state is PlayerState.LOBBY
+        # Rooms: two connected players pointing back, in states that fit the room's;
+        # requests: only between two distinct players in the lobby.
+        assert_rooms_and_requests_consistent(lobby)
+        # Once both players are over, the match ends at once.
+        for room in lobby.rooms.values():
+            if room.state is not RoomState.SELECTING:
+                assert {player.state for player in room.players} != {PlayerState.GAME_OVER}
         assert lobby.unpaired_names() == sorted(
             p.name for p in lobby.players.values() if p.state is PlayerState.LOBBY
         )

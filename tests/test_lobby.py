@@ -25,6 +25,8 @@ from netplay.panels import (
 )
 from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
 
+from helpers import assert_rooms_and_requests_consistent
+
 CLIENTS = Dialect.CLIENTS
 DOCUMENT = Dialect.DOCUMENT
 DEFAULT_VERSION = {CLIENTS: 19, DOCUMENT: 139}
@@ -92,24 +94,9 @@ def assert_consistent(lobby: Lobby) -> None:
             assert player in player.room.players
         else:
             assert player.room is None
-    for room_id, room in lobby.rooms.items():
-        assert room.id == room_id
-        first, second = room.players
-        assert first is not second
-        for player in room.players:
-            assert lobby.players[player.id] is player
-            assert player.room is room
-        if room.state is RoomState.SELECTING:
-            assert room.match is None
-            assert first.state is second.state is ROOM
-        else:
-            assert room.match is not None
-            assert {first.state, second.state} <= {PLAYING, GAME_OVER}
-            assert [p.state is GAME_OVER for p in room.players] == room.match.game_over
+    assert_rooms_and_requests_consistent(lobby)
+    # Two crossing requests make a room at once, so they never both stand.
     for sender, receiver in lobby.proposals:
-        assert sender != receiver
-        assert lobby.players[sender].state is LOBBY
-        assert lobby.players[receiver].state is LOBBY
         assert (receiver, sender) not in lobby.proposals
 
 

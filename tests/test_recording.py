@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import trio
@@ -26,11 +24,10 @@ from netplay.recording import (
     replay_settings,
 )
 from netplay.replay import replay_in_process
-from netplay.testing import ScriptedClient, connect_in_process, running_server
+from netplay.testing import ScriptedClient, connect_in_process, pair_up, running_server
 from netplay.wire import encode_json
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from helpers import json_logging_process, read_json_line, start_match_in_turn
 
 def sample_writer() -> SessionWriter:
     writer = SessionWriter({"seed": 3, "note": "ünïcode"}, start=100.0)
@@ -178,33 +175,14 @@ async def test_the_file_is_flushed_while_recording_and_complete_after(tmp_path):
 # -- netplay-server --record, end to end ------------------------------------------
 
 
-async def read_json_lines_until(stream: trio.abc.ReceiveStream, event: str) -> dict:
-    buffer = b""
-    while True:
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == event:
-                return entry
-        data = await stream.receive_some(65536)
-        if not data:
-            raise AssertionError(f"the server ended before logging {event!r}")
-        buffer += data
-
-
 async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp_path):
     record_dir = tmp_path / "recordings"
-    process = await trio.lowlevel.open_process(
+    async with json_logging_process(
         [sys.executable, "-m", "netplay", "--host", "127.0.0.1", "--port", "0",
          "--log-format", "json", "--seed", "11", "--record", str(record_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-    )
-    try:
+    ) as process:
         with trio.fail_after(10):
-            listening = await read_json_lines_until(process.stderr, "listening")
+            listening = await read_json_line(process.stderr, "listening")
             port = listening["port"]
             alice = ScriptedClient(await trio.open_tcp_stream("127.0.0.1", port))
             await alice.register("alice")
@@ -212,16 +190,8 @@ async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp
             bob = ScriptedClient(await trio.open_tcp_stream("127.0.0.1", port))
             await bob.register("bob", version="019")
             await bob.receive_until("unpaired")
-            await alice.send_json({"game_request": {"sender": "alice", "receiver": "bob"}})
-            await bob.receive_until("game_request")
-            await bob.send_json({"game_request": {"sender": "bob", "receiver": "alice"}})
-            await alice.receive_until("create_room")
-            await bob.receive_until("create_room")
-            await alice.menu_state(ready=True, cursor="ready")
-            await bob.receive_until("menu_state")
-            await bob.menu_state(ready=True, cursor="ready")
-            await alice.receive_until("match_start")
-            await bob.receive_until("match_start")
+            await pair_up(alice, bob, "alice", "bob")
+            await start_match_in_turn(alice, bob)
             await alice.send(b"P5000000")
             await alice.receive()
             await bob.receive()
@@ -238,10 +208,6 @@ async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp
             await bob.expect_closed()
             await bob.aclose()
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     text = path.read_text()
     assert text.endswith('"server_shutdown"\n')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -35,16 +34,23 @@ from netplay.replay import (
 from netplay.server import Server
 from netplay.testing import ScriptedClient
 
+from helpers import json_logging_process, read_json_line, start_match_in_turn
+
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = sorted((ROOT / "tests" / "sessions").glob("*.session"))
 
 
 def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    tools = str(ROOT / "tools")
+    sys.path.insert(0, tools)  # as when run as a script: a tool may import its siblings
+    try:
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(tools)
 
 
 def corpus(name: str) -> Session:
@@ -328,11 +334,7 @@ async def scripted_session_through(port: int) -> ScriptedClient:
     await alice.send_json({"game_request": {"sender": "alice", "receiver": "bob"}})
     await alice.receive_until("create_room")
     await bob.receive_until("create_room")
-    await alice.menu_state(ready=True, cursor="ready")
-    await bob.receive_until("menu_state")
-    await bob.menu_state(ready=True, cursor="ready")
-    await alice.receive_until("match_start")
-    await bob.receive_until("match_start")
+    await start_match_in_turn(alice, bob)
     await bob.send(b"P5000000")
     assert isinstance(await bob.receive(), m.Panels)
     assert isinstance(await alice.receive(), m.Panels)
@@ -351,13 +353,11 @@ async def test_a_proxy_recording_replays_live_against_a_fresh_server(tmp_path):
     seed = 4242
     async with trio.open_nursery() as nursery:
         upstream = await start_tcp_server(nursery, Session({}, ()), seed)
-        proxy = await trio.lowlevel.open_process(
+        async with json_logging_process(
             [sys.executable, str(ROOT / "tools" / "record_proxy.py"), "--listen", "0",
              "--upstream", f"127.0.0.1:{upstream.port}", "--out", str(out),
              "--seed", str(seed), "--log-format", "json"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-        )
-        try:
+        ) as proxy:
             with trio.fail_after(10):
                 listening = await read_json_line(proxy.stderr, "listening")
                 bob = await scripted_session_through(listening["port"])
@@ -365,10 +365,6 @@ async def test_a_proxy_recording_replays_live_against_a_fresh_server(tmp_path):
                 assert await proxy.wait() == 0
                 await bob.expect_closed()  # the proxy closed it on its way out
                 await bob.aclose()
-        finally:
-            if proxy.returncode is None:
-                proxy.kill()
-                await proxy.wait()
         nursery.cancel_scope.cancel()
 
     session = read_session(str(out))
@@ -399,23 +395,6 @@ async def test_a_proxy_recording_replays_live_against_a_fresh_server(tmp_path):
     assert f"divergence on connection 1, message index {index}: message differs" in report
     assert f"expected: {describe_message(sent_messages(altered, 1)[index])}" in report
     assert f"actual:   {describe_message(panels)}" in report
-
-
-async def read_json_line(stream: trio.abc.ReceiveStream, event: str) -> dict:
-    buffer = b""
-    while True:
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == event:
-                return entry
-        data = await stream.receive_some(65536)
-        if not data:
-            raise AssertionError(f"the process ended before logging {event!r}")
-        buffer += data
 
 
 async def test_the_proxy_passes_half_closes_both_ways_and_numbers_connections(tmp_path):

@@ -11,11 +11,28 @@ from netplay.config import Config
 from netplay.wire import encode_json
 from netplay.testing import (
     ConnectionClosed,
+    ScriptedClient,
     connect_in_process,
     pair_up,
     running_server,
     start_match,
 )
+
+
+async def two_players_in_a_match(
+    server, first: str = "alice", second: str = "bob", **second_options
+) -> tuple[ScriptedClient, ScriptedClient]:
+    """Connect and register two players, pair them up and start their match.
+
+    ``second_options`` go to the second player's :func:`connect_in_process`.
+    """
+    one = connect_in_process(server)
+    two = connect_in_process(server, **second_options)
+    await one.register(first)
+    await two.register(second)
+    await pair_up(one, two, first, second)
+    await start_match(one, two)
+    return one, two
 
 
 async def test_registration_right_behind_hello_is_answered_and_listed(autojump_clock):
@@ -133,11 +150,7 @@ async def test_frames_split_at_every_byte_parse_the_same(autojump_clock):
 
 async def test_whole_match_relays_panels_and_inputs(autojump_clock):
     async with running_server() as server:
-        alice, bob = connect_in_process(server), connect_in_process(server)
-        await alice.register("alice")
-        await bob.register("bob")
-        await pair_up(alice, bob, "alice", "bob")
-        await start_match(alice, bob)
+        alice, bob = await two_players_in_a_match(server)
         await alice.send(b"P5000000")
         own = await alice.receive()
         mirrored = await bob.receive()
@@ -152,11 +165,7 @@ async def test_whole_match_relays_panels_and_inputs(autojump_clock):
 
 async def test_opponent_is_told_at_once_when_a_player_disconnects(autojump_clock):
     async with running_server() as server:
-        alice, bob = connect_in_process(server), connect_in_process(server)
-        await alice.register("alice")
-        await bob.register("bob")
-        await pair_up(alice, bob, "alice", "bob")
-        await start_match(alice, bob)
+        alice, bob = await two_players_in_a_match(server)
         before = trio.current_time()
         await alice.aclose()
         message = await bob.receive_until("leave_room")
@@ -167,12 +176,7 @@ async def test_opponent_is_told_at_once_when_a_player_disconnects(autojump_clock
 async def test_client_that_never_reads_is_dropped_and_its_opponent_told(autojump_clock):
     config = Config(max_queued_bytes=200)
     async with running_server(config) as server:
-        alice = connect_in_process(server)
-        sleeper = connect_in_process(server, lockstep=True)
-        await alice.register("alice")
-        await sleeper.register("sleeper")
-        await pair_up(alice, sleeper, "alice", "sleeper")
-        await start_match(alice, sleeper)
+        alice, sleeper = await two_players_in_a_match(server, "alice", "sleeper", lockstep=True)
         # The sleeper stops reading; alice keeps playing.
         for _ in range(150):
             await alice.send(b"IA")

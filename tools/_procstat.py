@@ -60,6 +60,11 @@ def preemptions(pid: int) -> int | None:
     return total
 
 
+def mib(size: int | None) -> float | None:
+    """A byte count from here in MiB, to 0.1, for a report; None stays None."""
+    return None if size is None else round(size / (1 << 20), 1)
+
+
 def open_files(pid: int) -> int | None:
     """How many file descriptors ``pid`` holds open."""
     try:
@@ -103,6 +108,21 @@ class CpuMeter:
         if self.cpu is None or self.wall <= 0:
             return None
         return 100.0 * self.cpu / self.wall
+
+
+def started_cpu_meter(pid: int | None) -> CpuMeter | None:
+    """A :class:`CpuMeter` on ``pid`` with its window open; None when no pid was given."""
+    if not pid:
+        return None
+    meter = CpuMeter(pid)
+    meter.start()
+    return meter
+
+
+def own_cpu_seconds() -> float:
+    """User plus system CPU time of this process so far (from os.times, not /proc)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def machine_busy_seconds() -> tuple[float, float] | None:

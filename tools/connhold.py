@@ -29,51 +29,42 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import os
-import select
 import socket
 import sys
 import time
 from typing import Any
 
 try:  # run as a script: tools/ is on sys.path
+    import _clients
     import _procstat
-    from loadgen import (
-        CONNECT_RETRY_ERRORS, LOBBY_PREFIX, SERVER_LENGTHS, raise_open_file_limit,
-    )
 except ImportError:  # imported as tools.connhold
-    from tools import _procstat  # type: ignore[no-redef]
-    from tools.loadgen import (  # type: ignore[no-redef]
-        CONNECT_RETRY_ERRORS, LOBBY_PREFIX, SERVER_LENGTHS, raise_open_file_limit,
-    )
+    from tools import _clients, _procstat  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
-EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-EPOLL_ERRORS = select.EPOLLERR | select.EPOLLHUP
+# Plain globals: the per-message code looks these up on every read.
+CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
+LOBBY_PREFIX, SERVER_LENGTHS = _clients.LOBBY_PREFIX, _clients.SERVER_LENGTHS
+
 RECEIVE_BUFFER = 256 * 1024
 PROGRESS_INTERVAL = 5.0
 FILE_MARGIN = 64  # descriptors kept for everything that is not a client socket
 
-NEW, CONNECTING, HANDSHAKE, REGISTERED, FAILED = range(5)
+# After NEW, CONNECTING and HANDSHAKE (0-2).
+REGISTERED, FAILED = range(3, 5)
 LOBBY_HEAD = len(LOBBY_PREFIX)
 
 
-class Client:
+class Client(_clients.Client):
     __slots__ = (
-        "index", "name", "sock", "fd", "state", "tail", "json_left", "json_body", "json_kind",
-        "registered_at", "complete_at", "open", "attempts", "retry_at", "out", "hello", "pings",
+        "tail", "json_left", "json_body", "json_kind", "registered_at", "complete_at", "open",
     )
 
     def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
-        self.sock: socket.socket | None = None
-        self.fd = -1
-        self.state = NEW
+        super().__init__(index, name)
         self.tail = b""  # the start of a message split by the end of a read
         self.json_left = 0  # bytes of the current J body still to come
         self.json_body: bytearray | None = None  # the J body gathered so far, if kept
@@ -81,15 +72,12 @@ class Client:
         self.registered_at = 0.0
         self.complete_at = 0.0  # storm: when a list with every name arrived
         self.open = False
-        self.attempts = 0
-        self.retry_at = 0.0
-        self.out = b""
-        self.pings = 0
-        self.hello = b"H004" + encode_json({"name": name, "level": 5, "character": "lip"})
 
 
-class Crowd:
+class Crowd(_clients.EpollClients):
     """K clients in one epoll loop.  Owns the sockets; :meth:`close` closes them."""
+
+    FAILED = FAILED  # this tool's state number for a client that gave up, for the base class
 
     def __init__(
         self,
@@ -101,21 +89,15 @@ class Crowd:
         storm: bool,
         connect_concurrency: int,
     ) -> None:
-        self.address = (host, port)
+        super().__init__(host, port, connect_concurrency=connect_concurrency)
         self.storm = storm
-        self.connect_concurrency = connect_concurrency
         self.clients = [Client(index, f"{name_prefix}{index}") for index in range(count)]
-        self.by_fd: dict[int, Client] = {}
-        self.epoll = select.epoll()
         self.buffer = bytearray(RECEIVE_BUFFER)
         self.view = memoryview(self.buffer)
-        self.queue = list(reversed(self.clients))
-        self.retries: list[Client] = []
-        self.in_flight = 0
+        self.connect_queue = list(reversed(self.clients))
         self.registered = 0
         self.complete = 0
         self.closed = 0
-        self.failures: dict[str, int] = {}
         self.bytes_received = 0
         self.lists_checked = 0
         self.first_connect_at = 0.0
@@ -130,65 +112,13 @@ class Crowd:
 
     # -- connections ------------------------------------------------------------
 
-    def _count(self, reason: str) -> None:
-        self.failures[reason] = self.failures.get(reason, 0) + 1
-
-    def _start_connect(self, client: Client, now: float) -> None:
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as error:  # EMFILE: out of descriptors
-            self._count("socket_" + errno.errorcode.get(error.errno or 0, str(error.errno)))
-            client.state = FAILED
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _socket_opened(self, sock: socket.socket, now: float) -> None:
         if not self.first_connect_at:
             self.first_connect_at = now
-        error = sock.connect_ex(self.address)
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._retry(client, now, error)
-            return
-        client.sock, client.fd, client.state = sock, sock.fileno(), CONNECTING
-        self.in_flight += 1
-        self.by_fd[client.fd] = client
-        self.epoll.register(client.fd, EPOLLOUT)
 
-    def _retry(self, client: Client, now: float, error: int) -> None:
-        """Try again later after a refused connect, unless it cannot help."""
-        client.attempts += 1
-        if client.attempts > 10 or error not in CONNECT_RETRY_ERRORS:
-            client.state = FAILED
-            self._count("connect_" + errno.errorcode.get(error, str(error)))
-            return
-        client.state = NEW
-        client.retry_at = now + 0.05 * client.attempts
-        self.retries.append(client)
-
-    def _connected(self, client: Client, now: float) -> None:
-        assert client.sock is not None
-        error = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.in_flight -= 1
-            self._forget(client)
-            self._retry(client, now, error)
-            return
+    def _established(self, client: Client, now: float) -> None:
         self.connected_at = now
         client.open = True
-        client.state = HANDSHAKE
-        self.epoll.modify(client.fd, EPOLLIN)
-        self._send(client, client.hello)
-
-    def _forget(self, client: Client) -> None:
-        if client.sock is None:
-            return
-        try:
-            self.epoll.unregister(client.fd)
-        except (OSError, ValueError):
-            pass
-        self.by_fd.pop(client.fd, None)
-        client.sock.close()
-        client.sock, client.fd = None, -1
 
     def _lost(self, client: Client, reason: str) -> None:
         """The server closed the connection (or it broke)."""
@@ -202,45 +132,18 @@ class Crowd:
         if client.state != REGISTERED:
             client.state = FAILED
         self._count(reason)
-        self._forget(client)
+        self._drop_socket(client)
 
-    def _send(self, client: Client, data: bytes) -> None:
-        sock = client.sock
-        if sock is None:
-            return
-        if client.out:
-            client.out += data
-            return
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._lost(client, "send_failed")
-            return
-        if sent < len(data):
-            client.out = data[sent:]
-            self.epoll.modify(client.fd, EPOLLIN | EPOLLOUT)
-
-    def _flush(self, client: Client) -> None:
-        assert client.sock is not None
-        try:
-            sent = client.sock.send(client.out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._lost(client, "send_failed")
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self.epoll.modify(client.fd, EPOLLIN)
+    def _send_failed(self, client: Client) -> None:
+        self._lost(client, "send_failed")
 
     # -- incoming bytes ------------------------------------------------------------
 
-    def _read(self, client: Client, now: float) -> None:
+    def _read(self, client: Client) -> None:
         sock = client.sock
         if sock is None:
             return
+        now = time.monotonic()
         try:
             size = sock.recv_into(self.buffer)
         except (BlockingIOError, InterruptedError):
@@ -389,30 +292,12 @@ class Crowd:
         now = time.monotonic()
         if self.show_progress:
             self.progress(now)
-        if self.retries:
-            due = [client for client in self.retries if client.retry_at <= now]
-            if due:
-                self.retries = [client for client in self.retries if client.retry_at > now]
-                self.queue += due
-        while self.queue and self.in_flight < self.connect_concurrency:
-            self._start_connect(self.queue.pop(), now)
-        by_fd = self.by_fd
-        for fd, events in self.epoll.poll(timeout):
-            client = by_fd.get(fd)
-            if client is None:
-                continue
-            now = time.monotonic()
-            if client.state == CONNECTING:
-                self._connected(client, now)
-                continue
-            if events & (EPOLLIN | EPOLL_ERRORS):
-                self._read(client, now)
-            if events & EPOLLOUT and client.out and client.sock is not None:
-                self._flush(client)
+        self._start_due_connects(now)
+        self._poll(timeout)
 
     def settled(self) -> bool:
         """Nothing more can happen to the set-up: every client registered or failed."""
-        return not (self.queue or self.retries or self.in_flight)
+        return not (self.connect_queue or self.retries or self.in_flight)
 
     def failed(self) -> int:
         return sum(1 for client in self.clients if client.state == FAILED)
@@ -420,17 +305,8 @@ class Crowd:
     def held(self) -> int:
         return sum(1 for client in self.clients if client.state == REGISTERED and client.open)
 
-    def close(self) -> None:
-        for client in self.clients:
-            self._forget(client)
-        self.epoll.close()
-
 
 # ---------------------------------------------------------------------------
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else round(value / (1 << 20), 1)
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -448,21 +324,18 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     pid = args.server_pid
     report: dict[str, Any] = {"mode": "hold", "clients": args.clients}
     rss_before = _procstat.rss_bytes(pid) if pid else None
-    setup_meter = _procstat.CpuMeter(pid) if pid else None
-    if setup_meter is not None:
-        setup_meter.start()
+    setup_meter = _procstat.started_cpu_meter(pid)
     start = time.monotonic()
-    setup_cpu = os.times()
+    setup_cpu = _procstat.own_cpu_seconds()
     deadline = start + args.setup_timeout
     while not crowd.settled() and time.monotonic() < deadline:
         crowd.step(0.01)
     setup_seconds = time.monotonic() - start
-    setup_cpu_end = os.times()
+    setup_cpu_end = _procstat.own_cpu_seconds()
     report["registered"] = crowd.registered
     report["setup_seconds"] = round(setup_seconds, 2)
     report["client_cpu_percent_during_setup"] = round(
-        100 * ((setup_cpu_end.user + setup_cpu_end.system) - (setup_cpu.user + setup_cpu.system))
-        / max(setup_seconds, 1e-9), 1
+        100 * (setup_cpu_end - setup_cpu) / max(setup_seconds, 1e-9), 1
     )
     report["bytes_received_during_setup"] = crowd.bytes_received
     if setup_meter is not None and setup_meter.stop() is not None:
@@ -472,14 +345,12 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     while time.monotonic() < settle_end:
         crowd.step(0.01)
     rss_registered = _procstat.rss_bytes(pid) if pid else None
-    meter = _procstat.CpuMeter(pid) if pid else None
-    if meter is not None:
-        meter.start()
-    own_cpu = os.times()
+    meter = _procstat.started_cpu_meter(pid)
+    own_cpu = _procstat.own_cpu_seconds()
     hold_end = time.monotonic() + args.hold
     while time.monotonic() < hold_end:
         crowd.step(min(0.05, max(0.0, hold_end - time.monotonic())))
-    own = os.times()
+    own = _procstat.own_cpu_seconds()
     held = crowd.held()
     report.update(
         held=held,
@@ -489,15 +360,15 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
         bytes_received=crowd.bytes_received,
         failures=crowd.failures,
         client_cpu_percent_during_hold=round(
-            100 * ((own.user + own.system) - (own_cpu.user + own_cpu.system)) / args.hold, 1
+            100 * (own - own_cpu) / args.hold, 1
         ) if args.hold else None,
     )
     if pid:
         rss_after = _procstat.rss_bytes(pid)
         report.update(
-            server_rss_before_mib=_mib(rss_before),
-            server_rss_registered_mib=_mib(rss_registered),
-            server_rss_after_mib=_mib(rss_after),
+            server_rss_before_mib=_procstat.mib(rss_before),
+            server_rss_registered_mib=_procstat.mib(rss_registered),
+            server_rss_after_mib=_procstat.mib(rss_after),
             server_open_files=_procstat.open_files(pid),
         )
         if meter is not None and meter.stop() is not None:
@@ -512,11 +383,9 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
 
 def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     pid = args.server_pid
-    meter = _procstat.CpuMeter(pid) if pid else None
     rss_before = _procstat.rss_bytes(pid) if pid else None
-    if meter is not None:
-        meter.start()
-    own_cpu = os.times()
+    meter = _procstat.started_cpu_meter(pid)
+    own_cpu = _procstat.own_cpu_seconds()
     deadline = time.monotonic() + args.setup_timeout
     while crowd.complete < args.clients:
         if time.monotonic() >= deadline:
@@ -525,7 +394,7 @@ def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
             break  # some players failed: a complete list can never come
         crowd.step(0.01)
     finished = time.monotonic()
-    own = os.times()
+    own = _procstat.own_cpu_seconds()
     first = crowd.first_connect_at
     completions = [c.complete_at - first for c in crowd.clients if c.complete_at]
     registrations = [c.registered_at - first for c in crowd.clients if c.registered_at]
@@ -544,16 +413,15 @@ def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
         "failures": crowd.failures,
         "closed_by_server": crowd.closed,
         "client_cpu_percent": round(
-            100 * ((own.user + own.system) - (own_cpu.user + own_cpu.system))
-            / max(1e-9, finished - first), 1
+            100 * (own - own_cpu) / max(1e-9, finished - first), 1
         ) if first else None,
     }
     if meter is not None:
         meter.stop()
         report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
         report["server_cpu_seconds"] = None if meter.cpu is None else round(meter.cpu, 2)
-        report["server_rss_before_mib"] = _mib(rss_before)
-        report["server_rss_after_mib"] = _mib(_procstat.rss_bytes(pid))
+        report["server_rss_before_mib"] = _procstat.mib(rss_before)
+        report["server_rss_after_mib"] = _procstat.mib(_procstat.rss_bytes(pid))
     return report
 
 
@@ -636,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.setup_timeout is None:
         args.setup_timeout = 30.0 + args.clients / 100.0
-    soft, hard = raise_open_file_limit()
+    soft, hard = _clients.raise_open_file_limit()
     if args.clients + FILE_MARGIN > soft:
         print(
             f"warning: {args.clients} clients need about {args.clients + FILE_MARGIN} open "

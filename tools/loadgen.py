@@ -40,14 +40,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import multiprocessing
 import os
 import random
 import resource
-import select
 import socket
 import struct
 import sys
@@ -55,11 +53,16 @@ import time
 from typing import Any, Callable
 
 try:  # run as a script: tools/ is on sys.path
+    import _clients
     import _procstat
 except ImportError:  # imported as tools.loadgen
-    from tools import _procstat  # type: ignore[no-redef]
+    from tools import _clients, _procstat  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
+
+# Plain globals: the per-message code looks these up on every read.
+CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
+LOBBY_PREFIX, SERVER_LENGTHS = _clients.LOBBY_PREFIX, _clients.SERVER_LENGTHS
 
 FRAME_SECONDS = 1 / 60
 ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz1234567890+/"
@@ -68,32 +71,18 @@ SYMBOL_INDEX = [-1] * 256
 for _position, _symbol in enumerate(ALPHABET):
     SYMBOL_INDEX[_symbol] = _position
 
-# Whole message lengths, server to client; 0: not a letter of that direction.
-SERVER_LENGTHS = [0] * 256
-for _letter, _length in {
-    "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "L": 2, "W": 1,
-}.items():
-    SERVER_LENGTHS[ord(_letter)] = _length
-
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value, absent from Python 3.11
 TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
 _timespec = struct.Struct("qq")
 
-LOBBY_PREFIX = b'{"unpaired"'
 READY_STATE = encode_json(
     {"menu_state": {"cursor": "ready", "ready": True, "character": "lip", "level": 5}}
 )
 PANEL_INTERVAL = 10.0
 SEND_BATCH = 64  # sends between two looks at the sockets when behind schedule
-CONNECT_RETRY_ERRORS = {
-    errno.EAGAIN, errno.EADDRNOTAVAIL, errno.ECONNREFUSED, errno.ECONNRESET,
-    errno.ETIMEDOUT, errno.ENOBUFS,
-}
-EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-EPOLL_ERRORS = select.EPOLLERR | select.EPOLLHUP
 
-# Client states, in order of progress.
-NEW, CONNECTING, HANDSHAKE, LOBBY, REQUESTED, ROOM, MATCH, READY, FAILED = range(9)
+# Client states, in order of progress; NEW, CONNECTING and HANDSHAKE (0-2) come first.
+LOBBY, REQUESTED, ROOM, MATCH, READY, FAILED = range(3, 9)
 
 
 # ---------------------------------------------------------------------------
@@ -173,19 +162,6 @@ class Histogram:
 # Process set-up helpers
 
 
-def raise_open_file_limit() -> tuple[int, int]:
-    """Lift this process's soft limit on open files to the hard limit; return (soft, hard)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft, hard
-
-
 def tighten_timer_slack() -> None:
     """Ask for 1 us timer slack (default 50 us) so sleeps end close to their deadline."""
     try:
@@ -201,36 +177,27 @@ def tighten_timer_slack() -> None:
 # One client
 
 
-class Client:
+class Client(_clients.Client):
     """The state of one simulated player."""
 
     __slots__ = (
-        "index", "name", "is_first", "partner", "sock", "fd", "state", "inbuf", "need", "out",
-        "sent_at", "tx", "rx", "rx_next", "gaps", "reordered", "pings", "attempts", "retry_at",
-        "panel_due", "panel_sent_at", "last_row", "panels", "opponent_panels", "phase",
-        "closed", "registration",
+        "is_first", "partner", "inbuf", "need", "sent_at", "tx", "rx", "rx_next", "gaps",
+        "reordered", "panel_due", "panel_sent_at", "last_row", "panels", "opponent_panels",
+        "phase", "closed",
     )
 
     def __init__(self, index: int, name: str, is_first: bool) -> None:
-        self.index = index
-        self.name = name
+        super().__init__(index, name)
         self.is_first = is_first  # the first of the pair connects first and answers the request
         self.partner: Client | None = None
-        self.sock: socket.socket | None = None
-        self.fd = -1
-        self.state = NEW
         self.inbuf = bytearray()
         self.need = 0  # bytes inbuf must hold before a whole message can be parsed
-        self.out = b""  # bytes the kernel would not take yet
         self.sent_at = [0.0] * 64
         self.tx = 0  # inputs sent
         self.rx = 0  # inputs received from the partner
         self.rx_next = 0  # the symbol position expected next
         self.gaps = 0
         self.reordered = 0
-        self.pings = 0
-        self.attempts = 0
-        self.retry_at = 0.0
         self.panel_due = math.inf
         self.panel_sent_at = 0.0
         self.last_row = "000000"
@@ -238,15 +205,16 @@ class Client:
         self.opponent_panels = 0
         self.phase = 0.0
         self.closed = False  # the server closed the connection
-        self.registration = encode_json({"name": name, "level": 5, "character": "lip"})
 
 
-class Worker:
+class Worker(_clients.EpollClients):
     """A set of matches driven by one epoll loop in one process.
 
     ``setup`` connects and pairs everyone; ``run`` plays; ``result`` sums up.
     The worker owns its sockets and closes them in :meth:`close`.
     """
+
+    FAILED = FAILED  # this tool's state number for a client that gave up, for the base class
 
     def __init__(
         self,
@@ -259,13 +227,9 @@ class Worker:
         connect_concurrency: int = 100,
         kernel_timestamps: bool = True,
     ) -> None:
-        self.address = (host, port)
+        super().__init__(host, port, connect_concurrency=connect_concurrency)
         self.rng = random.Random(seed)
         self.kernel_timestamps = kernel_timestamps
-        self.connect_concurrency = connect_concurrency
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, Client] = {}
-        self.clients: list[Client] = []
         self.pairs: list[tuple[Client, Client]] = []
         for match_id in match_ids:
             first = Client(2 * match_id, f"{name_prefix}m{match_id}a", True)
@@ -273,11 +237,7 @@ class Worker:
             first.partner, second.partner = second, first
             self.clients += (first, second)
             self.pairs.append((first, second))
-        self.connect_queue: list[Client] = []
-        self.retries: list[Client] = []
-        self.in_flight = 0  # connecting or not yet registered
         self.ready_clients = 0
-        self.failures: dict[str, int] = {}
         self.sent = 0
         self.received = 0
         self.latency = Histogram()  # kernel receive time - send time
@@ -295,67 +255,12 @@ class Worker:
         if client.state in (CONNECTING, HANDSHAKE):
             self.in_flight -= 1
         client.state = FAILED
-        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self._count(reason)
         self._drop_socket(client)
 
-    def _drop_socket(self, client: Client) -> None:
-        if client.sock is not None:
-            try:
-                self.epoll.unregister(client.fd)
-            except (OSError, ValueError):
-                pass
-            self.by_fd.pop(client.fd, None)
-            client.sock.close()
-            client.sock = None
-            client.fd = -1
-
-    def _start_connect(self, client: Client, now: float) -> None:
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as error:  # EMFILE: out of descriptors
-            client.state = FAILED
-            code = error.errno or 0
-            reason = "socket_" + errno.errorcode.get(code, str(code))
-            self.failures[reason] = self.failures.get(reason, 0) + 1
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _socket_opened(self, sock: socket.socket, now: float) -> None:
         if self.kernel_timestamps:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        error = sock.connect_ex(self.address)
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._retry(client, now, error)
-            return
-        client.sock, client.fd = sock, sock.fileno()
-        client.state = CONNECTING
-        self.in_flight += 1
-        self.by_fd[client.fd] = client
-        self.epoll.register(client.fd, EPOLLOUT)
-
-    def _retry(self, client: Client, now: float, error: int) -> None:
-        """Try again later after a refused connect, unless it cannot help."""
-        client.attempts += 1
-        if client.attempts > 10 or error not in CONNECT_RETRY_ERRORS:
-            client.state = FAILED
-            reason = "connect_" + errno.errorcode.get(error, str(error))
-            self.failures[reason] = self.failures.get(reason, 0) + 1
-            return
-        client.state = NEW
-        client.retry_at = now + 0.05 * client.attempts
-        self.retries.append(client)
-
-    def _connected(self, client: Client, now: float) -> None:
-        assert client.sock is not None
-        error = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.in_flight -= 1
-            self._drop_socket(client)
-            self._retry(client, now, error)
-            return
-        self.epoll.modify(client.fd, EPOLLIN)
-        client.state = HANDSHAKE
-        self._send(client, b"H004" + client.registration)
 
     def _registered(self, client: Client) -> None:
         self.in_flight -= 1
@@ -381,39 +286,8 @@ class Worker:
         client.panel_sent_at = now
         self._send(client, b"P5" + client.last_row.encode("ascii"))
 
-    def _send(self, client: Client, data: bytes) -> None:
-        """Send, or keep what the kernel would not take and send it when writable."""
-        sock = client.sock
-        if sock is None:
-            return
-        if client.out:
-            client.out += data
-            return
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._closed(client)
-            return
-        if sent < len(data):
-            client.out = data[sent:]
-            self.epoll.modify(client.fd, EPOLLIN | EPOLLOUT)
-
-    def _flush(self, client: Client) -> None:
-        sock = client.sock
-        if sock is None:
-            return
-        try:
-            sent = sock.send(client.out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._closed(client)
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            self.epoll.modify(client.fd, EPOLLIN)
+    def _send_failed(self, client: Client) -> None:
+        self._closed(client)
 
     def _closed(self, client: Client) -> None:
         """The server closed or reset the connection."""
@@ -573,20 +447,6 @@ class Worker:
 
     # -- the loops ---------------------------------------------------------------
 
-    def _poll(self, timeout: float) -> None:
-        by_fd = self.by_fd
-        for fd, events in self.epoll.poll(timeout):
-            client = by_fd.get(fd)
-            if client is None:
-                continue
-            if client.state == CONNECTING:
-                self._connected(client, time.monotonic())
-                continue
-            if events & (EPOLLIN | EPOLL_ERRORS):
-                self._read(client)
-            if events & EPOLLOUT and client.out:
-                self._flush(client)
-
     def setup(self, timeout: float) -> int:
         """Connect, register and pair every match; return how many matches are ready.
 
@@ -603,13 +463,7 @@ class Worker:
             now = time.monotonic()
             if now >= deadline:
                 break
-            if self.retries:
-                due = [c for c in self.retries if c.retry_at <= now]
-                if due:
-                    self.retries = [c for c in self.retries if c.retry_at > now]
-                    self.connect_queue += due
-            while self.connect_queue and self.in_flight < self.connect_concurrency:
-                self._start_connect(self.connect_queue.pop(), now)
+            self._start_due_connects(now)
             if not (self.connect_queue or self.retries or self.in_flight) and all(
                 c.state in (READY, FAILED) or c.partner.state == FAILED  # type: ignore[union-attr]
                 for c in self.clients
@@ -672,7 +526,7 @@ class Worker:
                 measuring = True
                 self._start_window(now)
                 lag_counts = self.send_lag.counts
-                cpu_start = _own_cpu_seconds()
+                cpu_start = _procstat.own_cpu_seconds()
                 switches_start = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
                 if on_measure is not None:
                     on_measure("start")
@@ -728,7 +582,7 @@ class Worker:
         if measuring:
             self._stop_window(
                 monotonic(),
-                _own_cpu_seconds() - cpu_start,
+                _procstat.own_cpu_seconds() - cpu_start,
                 resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches_start,
             )
             if on_measure is not None:
@@ -776,17 +630,6 @@ class Worker:
             "setup_panel_rtt": self.setup_panel_rtt.to_sparse(),
         }
 
-    def close(self) -> None:
-        for client in self.clients:
-            self._drop_socket(client)
-        self.epoll.close()
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 # ---------------------------------------------------------------------------
 # One experiment: N matches, in one or several processes
 
@@ -798,7 +641,7 @@ def _split(count: int, parts: int) -> list[list[int]]:
 def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
     """Body of one generator process: set up, report, wait for the start, play, report."""
     tighten_timer_slack()
-    raise_open_file_limit()
+    _clients.raise_open_file_limit()
     worker = Worker(
         spec["host"], spec["port"], spec["match_ids"], spec["prefix"], seed=spec["seed"],
         connect_concurrency=spec["connect_concurrency"],
@@ -904,8 +747,8 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
     report["warmup"] = args.warmup
     if meter is not None:
         report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
-        report["server_rss_mib"] = _mib(_procstat.rss_bytes(server_pid))
-        report["server_rss_before_mib"] = _mib(server_rss_before)
+        report["server_rss_mib"] = _procstat.mib(_procstat.rss_bytes(server_pid))
+        report["server_rss_before_mib"] = _procstat.mib(server_rss_before)
         if len(server_preempted) == 2 and None not in server_preempted:
             report["server_preempted"] = server_preempted[1] - server_preempted[0]  # type: ignore[operator]
     if machine.busy_percent is not None:
@@ -919,10 +762,6 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         report["other_processes_cpu_percent"] = round(max(0.0, others), 1)
     report["generator_limited"] = generator_limited(report)
     return report
-
-
-def _mib(value: int | None) -> float | None:
-    return None if value is None else round(value / (1 << 20), 1)
 
 
 def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int) -> dict[str, Any]:
@@ -1155,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tighten_timer_slack()
-    soft, _hard = raise_open_file_limit()
+    soft, _hard = _clients.raise_open_file_limit()
     needed = 2 * (args.ramp_max if args.ramp else args.matches) // max(1, args.processes) + 64
     if needed > soft:
         print(f"warning: {needed} sockets per process may exceed the open-file limit {soft}",

@@ -157,7 +157,8 @@ class RecordingProxy:
             relay_scope.cancel()
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type of a ``HOST:PORT`` argument; an IPv6 host may be in brackets."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", type=int, required=True, metavar="PORT",
                         help="port to accept clients on (0 picks a free one)")
     parser.add_argument("--listen-host", default="127.0.0.1", help="address (%(default)s)")
-    parser.add_argument("--upstream", type=_host_port, required=True, metavar="HOST:PORT",
+    parser.add_argument("--upstream", type=host_port, required=True, metavar="HOST:PORT",
                         help="the server to forward to")
     parser.add_argument("--out", required=True, metavar="FILE", help="session file to write")
     parser.add_argument("--seed", type=int, default=None,

@@ -24,15 +24,14 @@ from typing import Sequence
 import structlog
 import trio
 
+# The proxy's HOST:PORT type, so both tools read an address the same way.
+try:  # run as a script: tools/ is on sys.path
+    from record_proxy import host_port
+except ImportError:  # imported as tools.replay
+    from tools.record_proxy import host_port  # type: ignore[no-redef]
+
 from netplay.recording import SessionFormatError, read_session
 from netplay.replay import ReplayError, replay_in_process_sync, replay_live
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("session", metavar="SESSION_FILE")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--server", type=_host_port, metavar="HOST:PORT",
+    target.add_argument("--server", type=host_port, metavar="HOST:PORT",
                         help="replay live over TCP against this server")
     target.add_argument("--in-process", action="store_true",
                         help="replay against an in-process server on a virtual clock")

@@ -1,0 +1,239 @@
+"""Raw non-blocking TCP clients in one epoll loop, shared by the load tools.
+
+loadgen.py and connhold.py drive thousands of simulated players from one
+process with the same plumbing: non-blocking sockets in one epoll set,
+connects started a bounded number at a time and retried with a growing pause
+when refused, ``H004`` and the registration sent in one write, and writes the
+kernel will not take kept per client until the socket is writable.  That
+plumbing is :class:`EpollClients`; each tool subclasses it (and
+:class:`Client`) for what it does with the server's messages.
+
+Imported as a sibling module (``import _clients``): a script's own directory
+is on ``sys.path``, and the tests put ``tools/`` there before loading a tool.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import select
+import socket
+import time
+
+from netplay.wire import encode_json
+
+# Whole message lengths, server to client; 0: not a letter of that direction.
+SERVER_LENGTHS = [0] * 256
+for _letter, _length in {
+    "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "L": 2, "W": 1,
+}.items():
+    SERVER_LENGTHS[ord(_letter)] = _length
+
+LOBBY_PREFIX = b'{"unpaired"'
+CONNECT_RETRY_ERRORS = {
+    errno.EAGAIN, errno.EADDRNOTAVAIL, errno.ECONNREFUSED, errno.ECONNRESET,
+    errno.ETIMEDOUT, errno.ENOBUFS,
+}
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+EPOLL_ERRORS = select.EPOLLERR | select.EPOLLHUP
+
+# The first client states of every tool; each tool numbers its later states
+# (and FAILED) from 3 on.
+NEW, CONNECTING, HANDSHAKE = range(3)
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift this process's soft limit on open files to the hard limit; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+class Client:
+    """The connection state every simulated player has; the tools add their own slots."""
+
+    __slots__ = ("index", "name", "sock", "fd", "state", "out", "attempts", "retry_at", "pings",
+                 "hello")
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.state = NEW
+        self.out = b""  # bytes the kernel would not take yet
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.pings = 0
+        self.hello = b"H004" + encode_json({"name": name, "level": 5, "character": "lip"})
+
+
+class EpollClients:
+    """Clients in one epoll set.  Owns the sockets; :meth:`close` closes them.
+
+    A subclass sets ``FAILED`` (its number for a client that gave up), fills
+    ``clients`` and ``connect_queue``, and defines :meth:`_read` and
+    :meth:`_send_failed`; it may extend :meth:`_socket_opened` and
+    :meth:`_established`.
+    """
+
+    FAILED: int
+
+    def __init__(self, host: str, port: int, *, connect_concurrency: int) -> None:
+        self.address = (host, port)
+        self.connect_concurrency = connect_concurrency
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, Client] = {}
+        self.clients: list = []
+        self.connect_queue: list = []  # popped from the end
+        self.retries: list = []
+        self.in_flight = 0  # connecting, or connected and not yet registered
+        self.failures: dict[str, int] = {}
+
+    def _count(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    # -- connecting ---------------------------------------------------------------
+
+    def _start_due_connects(self, now: float) -> None:
+        """Queue the retries whose pause is over, then connect up to the concurrency bound."""
+        if self.retries:
+            due = [client for client in self.retries if client.retry_at <= now]
+            if due:
+                self.retries = [client for client in self.retries if client.retry_at > now]
+                self.connect_queue += due
+        while self.connect_queue and self.in_flight < self.connect_concurrency:
+            self._start_connect(self.connect_queue.pop(), now)
+
+    def _start_connect(self, client: Client, now: float) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as error:  # EMFILE: out of descriptors
+            client.state = self.FAILED
+            code = error.errno or 0
+            self._count("socket_" + errno.errorcode.get(code, str(code)))
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._socket_opened(sock, now)
+        error = sock.connect_ex(self.address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry(client, now, error)
+            return
+        client.sock, client.fd, client.state = sock, sock.fileno(), CONNECTING
+        self.in_flight += 1
+        self.by_fd[client.fd] = client
+        self.epoll.register(client.fd, EPOLLOUT)
+
+    def _socket_opened(self, sock: socket.socket, now: float) -> None:
+        """A new socket, before its connect: a place for a tool's own options."""
+
+    def _retry(self, client: Client, now: float, error: int) -> None:
+        """Try again later after a refused connect, unless it cannot help."""
+        client.attempts += 1
+        if client.attempts > 10 or error not in CONNECT_RETRY_ERRORS:
+            client.state = self.FAILED
+            self._count("connect_" + errno.errorcode.get(error, str(error)))
+            return
+        client.state = NEW
+        client.retry_at = now + 0.05 * client.attempts
+        self.retries.append(client)
+
+    def _connected(self, client: Client, now: float) -> None:
+        """The connect finished: retry if it failed, else say hello and register."""
+        assert client.sock is not None
+        error = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.in_flight -= 1
+            self._drop_socket(client)
+            self._retry(client, now, error)
+            return
+        self._established(client, now)
+        client.state = HANDSHAKE
+        self.epoll.modify(client.fd, EPOLLIN)
+        self._send(client, client.hello)
+
+    def _established(self, client: Client, now: float) -> None:
+        """The connection is up; called before the hello goes out (a send may fail)."""
+
+    def _drop_socket(self, client: Client) -> None:
+        if client.sock is None:
+            return
+        try:
+            self.epoll.unregister(client.fd)
+        except (OSError, ValueError):
+            pass
+        self.by_fd.pop(client.fd, None)
+        client.sock.close()
+        client.sock, client.fd = None, -1
+
+    # -- sending ------------------------------------------------------------------
+
+    def _send(self, client: Client, data: bytes) -> None:
+        """Send, or keep what the kernel would not take and send it when writable."""
+        sock = client.sock
+        if sock is None:
+            return
+        if client.out:
+            client.out += data
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._send_failed(client)
+            return
+        if sent < len(data):
+            client.out = data[sent:]
+            self.epoll.modify(client.fd, EPOLLIN | EPOLLOUT)
+
+    def _flush(self, client: Client) -> None:
+        sock = client.sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(client.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._send_failed(client)
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self.epoll.modify(client.fd, EPOLLIN)
+
+    def _send_failed(self, client: Client) -> None:
+        raise NotImplementedError
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _read(self, client: Client) -> None:
+        raise NotImplementedError
+
+    def _poll(self, timeout: float) -> None:
+        """Handle what the epoll set reports within ``timeout`` seconds."""
+        by_fd = self.by_fd
+        for fd, events in self.epoll.poll(timeout):
+            client = by_fd.get(fd)
+            if client is None:
+                continue
+            if client.state == CONNECTING:
+                self._connected(client, time.monotonic())
+                continue
+            if events & (EPOLLIN | EPOLL_ERRORS):
+                self._read(client)
+            if events & EPOLLOUT and client.out:
+                self._flush(client)
+
+    def close(self) -> None:
+        for client in self.clients:
+            self._drop_socket(client)
+        self.epoll.close()
