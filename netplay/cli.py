@@ -9,7 +9,6 @@ import math
 import os
 import resource
 import secrets
-import signal
 import sys
 from typing import Callable, Sequence
 
@@ -18,7 +17,7 @@ import trio
 
 from netplay import __version__
 from netplay.config import DEFAULT_PORT, Config
-from netplay.logs import LEVELS, configure_logging
+from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
 from netplay.wire import MAX_JSON_LENGTH_ON_WIRE
 
 log = structlog.get_logger("netplay.cli")
@@ -199,11 +198,8 @@ async def serve(config: Config, record_dir: str | None = None) -> None:
                 document_versions=",".join(sorted(config.document_versions)),
                 recording=recorder.path if recorder is not None else None,
             )
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("signal_received", signal=signal.Signals(signum).name)
-                    server.shutdown()
-                    break
+            await wait_for_stop_signal()
+            server.shutdown()
     log.info("stopped")
 
 

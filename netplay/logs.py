@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import TextIO
 
 import structlog
+import trio
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -56,3 +58,13 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return at the first SIGINT or SIGTERM, after logging which one came."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            structlog.get_logger("netplay").info(
+                "signal_received", signal=signal.Signals(signum).name
+            )
+            return

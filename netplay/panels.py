@@ -249,6 +249,18 @@ def _carve_empties(rows: list[list[int]], empty_depths: tuple[int, ...]) -> None
             rows[row_index][column] = EMPTY
 
 
+def _rows_on_top_of(top_row: str, panels: str) -> tuple[list[str], list[list[int]]]:
+    """Shape problems of a reply, or none and its rows of digits, the top row first."""
+    problems = _shape_violations("top row", top_row, ROW_WIDTH)
+    problems += _shape_violations("panels", panels, PANELS_PER_REPLY)
+    if problems:
+        return problems, []
+    grid = _digits_of(panels)
+    return [], [_digits_of(top_row)] + [
+        grid[start : start + ROW_WIDTH] for start in range(0, PANELS_PER_REPLY, ROW_WIDTH)
+    ]
+
+
 def _shape_violations(label: str, text: str, length: int) -> list[str]:
     if len(text) != length:
         return [f"{label} has {len(text)} characters, expected {length}"]
@@ -269,14 +281,8 @@ def play_rule_violations(top_row: str, panels: str, ncolors: int) -> list[str]:
     and empties only inside the starting-board rows, each resting on an empty.
     The metal schedule spans requests and is not checked here.
     """
-    problems = _shape_violations("top row", top_row, ROW_WIDTH)
-    problems += _shape_violations("panels", panels, PANELS_PER_REPLY)
-    if problems:
-        return problems
-    below = _digits_of(top_row)
-    grid = _digits_of(panels)
-    for row_index in range(ROWS_PER_REPLY):
-        row = grid[row_index * ROW_WIDTH : (row_index + 1) * ROW_WIDTH]
+    problems, rows = _rows_on_top_of(top_row, panels)
+    for row_index, (below, row) in enumerate(zip(rows, rows[1:])):
         if row.count(SHOCK) > 1:
             problems.append(f"row {row_index} holds {row.count(SHOCK)} shock panels")
         for column, panel in enumerate(row):
@@ -295,7 +301,6 @@ def play_rule_violations(top_row: str, panels: str, ncolors: int) -> list[str]:
                 problems.append(f"{where}: colour {panel} repeats the panel below")
             if column >= 2 and row[column - 1] == row[column - 2] == panel:
                 problems.append(f"{where}: third {panel} in a row")
-        below = row
     return problems
 
 
@@ -305,14 +310,8 @@ def garbage_rule_violations(top_row: str, panels: str, ncolors: int) -> list[str
     Every panel must be a colour in 1..ncolors differing from its left
     neighbour and from the panel below it.
     """
-    problems = _shape_violations("top row", top_row, ROW_WIDTH)
-    problems += _shape_violations("panels", panels, PANELS_PER_REPLY)
-    if problems:
-        return problems
-    below = _digits_of(top_row)
-    grid = _digits_of(panels)
-    for row_index in range(ROWS_PER_REPLY):
-        row = grid[row_index * ROW_WIDTH : (row_index + 1) * ROW_WIDTH]
+    problems, rows = _rows_on_top_of(top_row, panels)
+    for row_index, (below, row) in enumerate(zip(rows, rows[1:])):
         for column, panel in enumerate(row):
             where = _where(row_index, column)
             if not 1 <= panel <= ncolors:
@@ -321,7 +320,6 @@ def garbage_rule_violations(top_row: str, panels: str, ncolors: int) -> list[str
                 problems.append(f"{where}: colour {panel} repeats its left neighbour")
             if panel == below[column]:
                 problems.append(f"{where}: colour {panel} repeats the panel below")
-        below = row
     return problems
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import sys
 from typing import Any, Sequence
 
 import structlog
 import trio
 
-from netplay.logs import LEVELS, configure_logging
+from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
 from netplay.recording import FileRecorder, open_session_file
 
 log = structlog.get_logger("record_proxy")
@@ -194,15 +193,12 @@ def proxy_settings(upstream: tuple[str, int], seed: int | None) -> dict[str, Any
 async def serve(args: argparse.Namespace) -> None:
     async with open_session_file(args.out, proxy_settings(args.upstream, args.seed)) as recorder:
         proxy = RecordingProxy(args.upstream, recorder)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(proxy.run, args.listen_host, args.listen)
-                log.info("listening", host=args.listen_host, port=port,
-                         upstream="%s:%d" % args.upstream, out=args.out)
-                async for signum in signals:
-                    log.info("signal_received", signal=signal.Signals(signum).name)
-                    proxy.shutdown()
-                    break
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(proxy.run, args.listen_host, args.listen)
+            log.info("listening", host=args.listen_host, port=port,
+                     upstream="%s:%d" % args.upstream, out=args.out)
+            await wait_for_stop_signal()
+            proxy.shutdown()
     log.info("stopped")
 
 
