@@ -204,22 +204,6 @@ class ServerCore:
             self._hello(connection, frame, actions)
             return
         kind = type(frame)
-        if kind is m.Input:
-            target = self.lobby.input_target(connection.id)
-            if target is None:
-                self._log_refusal(
-                    connection,
-                    RemoteProtocolError(
-                        "message_not_valid_in_state",
-                        fatal=False,
-                        state=self.lobby.players[connection.id].state.value,
-                        message="Input",
-                    ),
-                    now,
-                )
-            else:
-                actions.append(Send(target, frame.raw))
-            return
         if kind in _SIGNS_OF_LIFE:
             return  # already noted as life
         if kind is m.Hello:
