@@ -228,6 +228,8 @@ class Server:
                         if target:
                             deliver(target, data)
                         return
+                    context.run(self._receive, link, data, now)  # no relay: the full path
+                    return
                 context.run(self._on_bytes, link, data, now)
             except Exception:
                 context.run(log.exception, "connection_failed")
@@ -263,9 +265,13 @@ class Server:
             recorder.received(link.id, data, now)
         target = core.relay_target(link.id, data, now)
         if target is None:
-            self._execute(core.receive(link.id, data, now))
+            self._receive(link, data, now)
         elif target:  # not dropped by the flood limit
             self._deliver(target, data)
+
+    def _receive(self, link: Link, data: bytes, now: float) -> None:
+        """Bytes that are not a lone relayed input: decode and act on every message."""
+        self._execute(self.core.receive(link.id, data, now))
 
     async def _writer(self, link: Link) -> None:
         stream, queue = link.stream, link.queue
