@@ -55,9 +55,6 @@ class ReadPoller:
             except (OSError, ValueError):
                 pass  # already closed, which unregisters it
 
-    def __len__(self) -> int:
-        return len(self._callbacks)
-
     async def run(self) -> None:
         """Read and dispatch until cancelled."""
         epoll, callbacks = self._epoll, self._callbacks
