@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--document-versions", type=_versions,
                         default=defaults.document_versions, metavar="LIST",
                         help="versions of the design document's dialect (139)")
+    parser.add_argument("--v046-versions", type=_versions, default=defaults.v046_versions,
+                        metavar="LIST",
+                        help="versions of the 2022 client's dialect, with login and spectators (046)")
+    parser.add_argument("--database", default=defaults.database, metavar="PATH",
+                        help="SQLite file of players and their ids (%(default)s in the working "
+                        "directory; :memory: keeps nothing)")
+    parser.add_argument("--max-spectators-per-room", type=_bounded_int(0, 10_000),
+                        default=defaults.max_spectators_per_room,
+                        help="spectators admitted to one room (%(default)s)")
+    parser.add_argument("--game-over-timeout", type=_positive_float,
+                        default=defaults.game_over_timeout, metavar="SECONDS",
+                        help="after one player's game_over, how long to wait for the other's "
+                        "before deciding on the one report (%(default)s)")
     parser.add_argument("--ping-interval", type=_positive_float, default=defaults.ping_interval)
     parser.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout)
     parser.add_argument("--handshake-timeout", type=_positive_float,
@@ -133,6 +146,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         seed=args.seed,
         client_versions=args.client_versions,
         document_versions=args.document_versions,
+        v046_versions=args.v046_versions,
+        database=args.database,
+        max_spectators_per_room=args.max_spectators_per_room,
+        game_over_timeout=args.game_over_timeout,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout,

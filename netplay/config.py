@@ -6,11 +6,12 @@ import ipaddress
 
 import attrs
 
-from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS
+from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS, V046_VERSIONS
 from netplay.names import DEFAULT_MAX_NAME_LENGTH
 from netplay.wire import DEFAULT_MAX_JSON_LENGTH
 
 DEFAULT_PORT = 49569
+DEFAULT_DATABASE = "netplay.sqlite3"
 
 
 @attrs.frozen(kw_only=True)
@@ -24,6 +25,11 @@ class Config:
     # Handshake versions accepted, per dialect.
     client_versions: frozenset[str] = CLIENT_VERSIONS
     document_versions: frozenset[str] = DOCUMENT_VERSIONS
+    v046_versions: frozenset[str] = V046_VERSIONS
+
+    # Where players, their ids and (later) results are stored; ":memory:"
+    # keeps everything in memory for the life of the process.
+    database: str = DEFAULT_DATABASE
 
     # Heartbeat: ping after this much silence, and again each further interval.
     ping_interval: float = 1.0
@@ -60,6 +66,12 @@ class Config:
     # After a wake-up for readable sockets, wait this long (blocking) before
     # reading, so that one scheduler round serves many sockets; 0 disables.
     read_coalesce: float = 0.0001
+
+    # Protocol 046 rooms: spectators admitted per room, and how long after the
+    # first game_over report the server decides on that report alone (the 2022
+    # client gives up on the room about 5 s after its own report at the earliest).
+    max_spectators_per_room: int = 16
+    game_over_timeout: float = 4.0
 
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0

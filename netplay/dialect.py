@@ -17,6 +17,7 @@ from netplay.errors import RemoteProtocolError
 
 CLIENT_VERSIONS = frozenset(f"{v:03d}" for v in range(4, 20))
 DOCUMENT_VERSIONS = frozenset({"139"})
+V046_VERSIONS = frozenset({"046"})
 
 MAX_TEXT_FIELD_LENGTH = 64  # character names, cursor ids
 MIN_LEVEL = 0
@@ -26,6 +27,7 @@ MAX_LEVEL = 99
 class Dialect(enum.Enum):
     CLIENTS = "clients"  # what the existing clients 004..019 speak
     DOCUMENT = "document"  # what the design document describes
+    V046 = "v046"  # what the 2022 client (protocol 046) speaks; see ``dialect046``
 
 
 def _fail(reason: str, **context: object) -> RemoteProtocolError:

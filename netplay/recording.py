@@ -64,7 +64,7 @@ def decode_data(text: str) -> bytes:
 
 
 # Config fields that say where the server listens, not how it behaves.
-_NOT_REPLAY_SETTINGS = frozenset({"host", "port", "seed"})
+_NOT_REPLAY_SETTINGS = frozenset({"host", "port", "seed", "database"})
 
 
 def replay_settings(config: Config, seed: int) -> dict[str, Any]:

@@ -175,6 +175,10 @@ EVERY_SETTING = {
     "max_queued_bytes": ("4096", 4096),
     "shutdown_grace": ("0.25", 0.25),
     "read_coalesce": ("0.0002", 0.0002),
+    "v046_versions": ("045-046", frozenset({"045", "046"})),
+    "database": ("/tmp/players.sqlite3", "/tmp/players.sqlite3"),
+    "max_spectators_per_room": ("3", 3),
+    "game_over_timeout": ("6.5", 6.5),
 }
 
 
