@@ -26,4 +26,16 @@ class Close:
     reason: str
 
 
-Action = Send | Close
+@attrs.frozen
+class Store:
+    """Run a storage ``operation`` (see ``storage``) off the event loop.
+
+    The edge hands the outcome back to ``ServerCore.stored`` with the same
+    ``player`` and ``operation``; the connection may be gone by then.
+    """
+
+    player: int
+    operation: object
+
+
+Action = Send | Close | Store

@@ -18,6 +18,7 @@ import trio
 from netplay import __version__
 from netplay.config import DEFAULT_PORT, Config
 from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
+from netplay.storage import StorageError
 from netplay.wire import MAX_JSON_LENGTH_ON_WIRE
 
 log = structlog.get_logger("netplay.cli")
@@ -197,11 +198,24 @@ async def serve(config: Config, record_dir: str | None = None) -> None:
     """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
     from netplay.recording import open_recorder
     from netplay.server import Server, open_listeners
+    from netplay.storage import SqliteStorage
 
     seed = config.seed if config.seed is not None else secrets.randbits(63)
+    database = SqliteStorage(config.database)
+    try:
+        await _serve_with(config, record_dir, seed, database)
+    finally:
+        database.close()
+    log.info("stopped")
+
+
+async def _serve_with(config: Config, record_dir: str | None, seed: int, database) -> None:
+    from netplay.recording import open_recorder
+    from netplay.server import Server, open_listeners
+
     listeners = await open_listeners(config)
     async with open_recorder(record_dir, config, seed) as recorder:
-        server = Server(config, seed=seed, recorder=recorder)
+        server = Server(config, seed=seed, recorder=recorder, database=database)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run, listeners)
             tune_garbage_collector()
@@ -213,11 +227,12 @@ async def serve(config: Config, record_dir: str | None = None) -> None:
                 client_versions=f"{min(config.client_versions, default='-')}"
                 f"..{max(config.client_versions, default='-')}",
                 document_versions=",".join(sorted(config.document_versions)),
+                v046_versions=",".join(sorted(config.v046_versions)),
+                database=config.database,
                 recording=recorder.path if recorder is not None else None,
             )
             await wait_for_stop_signal()
             server.shutdown()
-    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("open_file_limit", limit=limit, pid=os.getpid())
     try:
         trio.run(serve, config, args.record)
+    except StorageError as error:
+        log.error("cannot_use_database", path=config.database, error=str(error))
+        return 1
     except OSError as error:
         log.error("cannot_listen", host=config.host, port=config.port, error=str(error))
         return 1

@@ -26,12 +26,14 @@ from typing import Any, Callable
 import attrs
 import structlog
 
+from netplay import dialect046
 from netplay import messages as m
 from netplay.actions import Action, Close, Send
 from netplay.config import Config
 from netplay.dialect import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
 from netplay.lobby import Lobby, PlayerState
+from netplay.lobby046 import Lobby046
 from netplay.wire import Decoder
 
 log = structlog.get_logger("netplay.core")
@@ -41,10 +43,16 @@ DOCUMENT_PING = b"W"
 HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
+# How often the edge calls ``ServerCore.tick``: the resolution of lobby timers.
+TICK_INTERVAL = 0.25
 # relay_target's answer for an input dropped by the flood limit (ids start at 1).
 RELAY_DROPPED = 0
 
 _SIGNS_OF_LIFE = frozenset({m.Pong, m.Heartbeat, m.ClientPing})
+
+# The 2022 client counts pings and logs in only before its third: never
+# more than one a second, whatever the ping interval.
+V046_MIN_PING_INTERVAL = 1.0
 
 # Per connection, at most this many lines about refused messages per window.
 REFUSAL_LOG_LINES = 3
@@ -84,6 +92,11 @@ class ServerCore:
         self.config = config
         self.seed = seed
         self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length)
+        self.lobby046 = Lobby046(
+            seed=seed,
+            max_spectators_per_room=config.max_spectators_per_room,
+            game_over_timeout=config.game_over_timeout,
+        )
         self.connections: dict[int, Connection] = {}
         self.connections_per_host: dict[str, int] = {}
         self._next_id = 1
@@ -131,7 +144,12 @@ class ServerCore:
                 "message_refusals_suppressed",
                 count=connection.refusals_in_window - REFUSAL_LOG_LINES,
             )
-        return self.lobby.disconnect(connection_id)  # type: ignore[return-value]
+        return self._leave_lobby(connection)
+
+    def _leave_lobby(self, connection: Connection) -> list[Action]:
+        if connection.dialect is Dialect.V046:
+            return self.lobby046.disconnect(connection.id)
+        return self.lobby.disconnect(connection.id)  # type: ignore[return-value]
 
     def request_close(self, connection_id: int, reason: str) -> list[Action]:
         """Close a connection on the server's own initiative (e.g. shutdown)."""
@@ -211,10 +229,36 @@ class ServerCore:
                 connection, RemoteProtocolError("hello_repeated", fatal=False), now
             )
             return
+        if connection.dialect is Dialect.V046:
+            self._dispatch046(connection, frame, actions, now)
+            return
         try:
             if kind is m.Json:
                 frame = parse_command(frame.payload)
             actions.extend(self.lobby.handle(connection.id, frame))
+        except RemoteProtocolError as error:
+            self._log_refusal(connection, error, now)
+
+    def _dispatch046(
+        self, connection: Connection, frame: Any, actions: list[Action], now: float
+    ) -> None:
+        lobby = self.lobby046
+        kind = type(frame)
+        try:
+            if kind is m.Input:
+                actions.extend(lobby.handle_input(connection.id, frame.raw))
+                return
+            if kind is not m.Json:
+                # P, Q and L belong to the older dialects; the 2022 client never sends them.
+                raise RemoteProtocolError("message_not_in_dialect", fatal=False, message=kind.__name__)
+            command = dialect046.parse_command(
+                frame.payload, registered=lobby.is_registered(connection.id)
+            )
+            if type(command) is m.Logout:
+                log.info("logout")
+                self._closing(connection, actions, "logout")
+                return
+            actions.extend(lobby.handle(connection.id, command, now))
         except RemoteProtocolError as error:
             self._log_refusal(connection, error, now)
 
@@ -224,6 +268,8 @@ class ServerCore:
             dialect = Dialect.CLIENTS
         elif version in self.config.document_versions:
             dialect = Dialect.DOCUMENT
+        elif version in self.config.v046_versions:
+            dialect = Dialect.V046
         else:
             log.info("hello_refused", version=version)
             actions.append(Send(connection.id, HELLO_REFUSED))
@@ -231,14 +277,18 @@ class ServerCore:
             return
         connection.phase = Phase.OPEN
         connection.dialect = dialect
-        self.lobby.connect(connection.id, dialect, int(version))
+        if dialect is Dialect.V046:
+            self.lobby046.connect(connection.id)
+        else:
+            self.lobby.connect(connection.id, dialect, int(version))
         log.info("hello_accepted", version=version, dialect=dialect.value)
         actions.append(Send(connection.id, HELLO_ACCEPTED))
 
     def _closing(self, connection: Connection, actions: list[Action], reason: str) -> list[Action]:
         """Leave the lobby now (the opponent learns at once); the edge closes after flushing."""
-        connection.phase = Phase.CLOSING
-        actions.extend(self.lobby.disconnect(connection.id))
+        phase, connection.phase = connection.phase, Phase.CLOSING
+        if phase is Phase.OPEN:
+            actions.extend(self._leave_lobby(connection))
         actions.append(Close(connection.id, reason))
         return actions
 
@@ -305,31 +355,54 @@ class ServerCore:
                 log.info("handshake_timeout")
                 return self._closing(connection, [], "handshake_timeout"), math.inf
             deadlines.append(handshake_deadline)
-        elif self.lobby.players[connection_id].state is PlayerState.UNREGISTERED:
+        elif not self._registered(connection):
             registration_deadline = connection.opened_at + config.registration_timeout
             if now >= registration_deadline:
                 log.info("registration_timeout")
                 return self._closing(connection, [], "registration_timeout"), math.inf
             deadlines.append(registration_deadline)
         actions: list[Action] = []
-        ping_due = max(silent_since, connection.last_ping) + config.ping_interval
+        interval = config.ping_interval
+        if connection.dialect is Dialect.V046:
+            interval = max(interval, V046_MIN_PING_INTERVAL)
+        ping_due = max(silent_since, connection.last_ping) + interval
         if now >= ping_due:
             ping = DOCUMENT_PING if connection.dialect is Dialect.DOCUMENT else CLIENT_PING
             actions.append(Send(connection_id, ping))
             connection.last_ping = now
-            ping_due = now + config.ping_interval
+            ping_due = now + interval
         deadlines.append(ping_due)
         return actions, min(deadlines)
+
+    def _registered(self, connection: Connection) -> bool:
+        if connection.dialect is Dialect.V046:
+            return self.lobby046.is_registered(connection.id)
+        return self.lobby.players[connection.id].state is not PlayerState.UNREGISTERED
+
+    # -- storage and lobby timers --------------------------------------------------
+
+    def stored(
+        self, connection_id: int, operation: object, outcome: object, now: float
+    ) -> list[Action]:
+        """The outcome of a ``Store`` action, for the connection that caused it."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.phase is not Phase.OPEN:
+            return []
+        return self.lobby046.stored(connection_id, operation, outcome, now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Lobby deadlines due at ``now`` (the edge calls this every :data:`TICK_INTERVAL`)."""
+        return self.lobby046.tick(now)
 
     # -- lobby snapshots -------------------------------------------------------
 
     @property
     def snapshot_due(self) -> bool:
-        return self.lobby.snapshot_due
+        return self.lobby.snapshot_due or self.lobby046.snapshot_due
 
     def snapshot_delay(self) -> float:
         """How long the edge waits between two lobby broadcasts now."""
-        return self.config.snapshot_delay(len(self.lobby.names))
+        return self.config.snapshot_delay(len(self.lobby.names) + len(self.lobby046.names))
 
     def snapshots(self, may_send: Callable[[int], bool] | None = None) -> list[Action]:
         """Lobby snapshots due now, marked so a newer one supersedes an unsent older one.
@@ -338,5 +411,6 @@ class ServerCore:
         """
         return [
             Send(send.player, send.data, snapshot=True)
-            for send in self.lobby.snapshots(may_send)
+            for lobby in (self.lobby, self.lobby046)
+            for send in lobby.snapshots(may_send)
         ]

@@ -167,3 +167,94 @@ class GameOver:
 
 
 Command = Register | GameRequest | MenuState | LeaveRoom | GameOver
+
+
+# ---------------------------------------------------------------------------
+# Commands of the 2022 client (protocol 046), after validation by ``dialect046``
+
+
+@attrs.frozen
+class Selections:
+    """What a 046 player has chosen: its name message, then each ``menu_state``.
+
+    Text fields the client left out are None and are left out again when the
+    selections are forwarded.
+    """
+
+    cursor: str = "__Ready"
+    character: str | None = None
+    character_is_random: str | None = None
+    character_display_name: str | None = None
+    stage: str | None = None
+    stage_is_random: str | None = None
+    panels_dir: str | None = None
+    level: int = 5
+    ranked: bool = False
+    loaded: bool | None = None
+    wants_ready: bool = False
+    ready: bool = False
+
+
+@attrs.frozen
+class Register046:
+    """The first JSON message of a 046 connection: a name and the player's settings.
+
+    ``name`` is kept as received (any type); the lobby answers a bad one.
+    """
+
+    name: object
+    selections: Selections
+    save_replays_publicly: str
+
+
+@attrs.frozen
+class LoginRequest:
+    """``login_request``: ``user_id`` None asks for a new id."""
+
+    user_id: str | None
+
+
+@attrs.frozen
+class Logout:
+    """``{"logout": true}``: the player leaves; the server closes the connection."""
+
+
+@attrs.frozen
+class MenuState046:
+    """``menu_state`` of a 046 player in a room."""
+
+    selections: Selections
+
+
+@attrs.frozen
+class GameOverClaim:
+    """``{"game_over": true, "outcome": n}``: who the reporter says won (0: a draw)."""
+
+    outcome: int
+
+
+@attrs.frozen
+class SpectateRequest:
+    """``spectate_request``: watch room ``room_number``."""
+
+    sender: str
+    room_number: int
+
+
+@attrs.frozen
+class Taunt:
+    """``taunt``: play taunt ``index`` of ``kind`` (``taunt_ups`` / ``taunt_downs``)."""
+
+    kind: str
+    index: int
+
+
+@attrs.frozen
+class LeaderboardRequest:
+    """``{"leaderboard_request": true}``."""
+
+
+Command046 = (
+    Register046 | LoginRequest | Logout | GameRequest | MenuState046 | LeaveRoom
+    | GameOverClaim | SpectateRequest | Taunt | LeaderboardRequest
+)

@@ -23,10 +23,10 @@ import attrs
 import structlog
 import trio
 
-from netplay import poller
-from netplay.actions import Action, Close, Send
+from netplay import poller, storage
+from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
-from netplay.core import ServerCore
+from netplay.core import TICK_INTERVAL, ServerCore
 
 log = structlog.get_logger("netplay.server")
 
@@ -39,6 +39,10 @@ LINGER_SECONDS = 1.0
 HELD_BACK_RETRY_SECONDS = 0.1
 # The longest a closing connection may spend flushing and lingering.
 CLOSE_FLUSH_SECONDS = 2.0
+# Storage operations waiting for the database; past this they fail at once.
+MAX_PENDING_STORAGE_OPERATIONS = 10_000
+# Operations run in one transaction: a login storm costs a few disk syncs.
+MAX_STORAGE_BATCH = 500
 
 
 class Recorder(Protocol):
@@ -92,10 +96,30 @@ def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
 class Server:
     """One netplay server: a core, its connections, and the timers around it."""
 
-    def __init__(self, config: Config, *, seed: int, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        seed: int,
+        recorder: Recorder | None = None,
+        database: storage.Storage | None = None,
+        database_in_thread: bool = True,
+    ) -> None:
+        """``database`` is the caller's to close; without one, players live in memory.
+
+        ``database_in_thread`` False runs storage calls on the event loop itself,
+        which keeps a virtual clock (tests, in-process replay) deterministic.
+        """
         self.config = config
         self.core = ServerCore(config, seed=seed)
         self.recorder = recorder
+        if database is None:
+            database, database_in_thread = storage.SqliteStorage(storage.MEMORY), False
+        self.database = database
+        self.database_in_thread = database_in_thread
+        self._storage_send, self._storage_receive = trio.open_memory_channel[Store](
+            MAX_PENDING_STORAGE_OPERATIONS
+        )
         self.links: dict[int, Link] = {}
         self._nursery: trio.Nursery | None = None
         self._accept_scope = trio.CancelScope()
@@ -117,6 +141,8 @@ class Server:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._snapshot_loop)
+            nursery.start_soon(self._storage_loop)
+            nursery.start_soon(self._tick_loop)
             if poller.available():
                 self._poller = poller.ReadPoller(coalesce=self.config.read_coalesce)
                 nursery.start_soon(self._poller.run)
@@ -323,6 +349,8 @@ class Server:
         for action in actions:
             if type(action) is Send:
                 self._deliver(action.player, action.data, action.snapshot)
+            elif type(action) is Store:
+                self._store(action)
             else:
                 assert isinstance(action, Close)
                 link = self.links.get(action.player)
@@ -330,6 +358,43 @@ class Server:
                     self._request_close(link, action.reason)
         if self.core.snapshot_due:
             self._snapshot_wanted.set()
+
+    def _store(self, action: Store) -> None:
+        try:
+            self._storage_send.send_nowait(action)
+        except trio.WouldBlock:
+            log.warning("storage_queue_full", limit=MAX_PENDING_STORAGE_OPERATIONS)
+            outcome = storage.failed_outcome(action.operation, "too many pending operations")  # type: ignore[arg-type]
+            self._execute(
+                self.core.stored(action.player, action.operation, outcome, trio.current_time())
+            )
+
+    async def _storage_loop(self) -> None:
+        """Run storage operations in batches, off the event loop, and hand back their outcomes."""
+        async for first in self._storage_receive:
+            batch = [first]
+            while len(batch) < MAX_STORAGE_BATCH:
+                try:
+                    batch.append(self._storage_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            operations = [action.operation for action in batch]
+            try:
+                if self.database_in_thread:
+                    outcomes = await trio.to_thread.run_sync(self.database.execute, operations)
+                else:
+                    outcomes = self.database.execute(operations)  # type: ignore[arg-type]
+            except Exception as error:
+                log.exception("storage_failed", operations=len(operations))
+                outcomes = [storage.failed_outcome(op, str(error)) for op in operations]  # type: ignore[arg-type]
+            now = trio.current_time()
+            for action, outcome in zip(batch, outcomes):
+                self._execute(self.core.stored(action.player, action.operation, outcome, now))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(TICK_INTERVAL)
+            self._execute(self.core.tick(trio.current_time()))
 
     def _deliver(self, connection_id: int, data: bytes, snapshot: bool = False) -> None:
         link = self.links.get(connection_id)

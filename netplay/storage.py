@@ -21,6 +21,7 @@ import enum
 import secrets
 import sqlite3
 import threading
+import time
 from typing import Callable, Protocol, Sequence
 
 import attrs
@@ -50,7 +51,8 @@ class Login:
 
     user_id: str | None
     name: str
-    at: float  # wall-clock seconds, stored as the last login time
+    # Wall-clock seconds stored as the login time; None: when it runs.
+    at: float | None = None
 
 
 class LoginResult(enum.Enum):
@@ -236,6 +238,7 @@ class SqliteStorage:
 
     def _login(self, login: Login) -> LoginOutcome:
         db = self._db
+        at = login.at if login.at is not None else time.time()
         key = name_key(login.name)
         owner = db.execute("SELECT user_id FROM players WHERE name_key = ?", (key,)).fetchone()
         if login.user_id is None:
@@ -247,7 +250,7 @@ class SqliteStorage:
                     db.execute(
                         "INSERT INTO players (user_id, name, name_key, created_at, last_login_at)"
                         " VALUES (?, ?, ?, ?, ?)",
-                        (user_id, login.name, key, login.at, login.at),
+                        (user_id, login.name, key, at, at),
                     )
                 except sqlite3.IntegrityError:
                     continue  # the random id is taken; draw another
@@ -262,7 +265,7 @@ class SqliteStorage:
             return LoginOutcome(LoginResult.NAME_TAKEN, user_id=login.user_id)
         db.execute(
             "UPDATE players SET name = ?, name_key = ?, last_login_at = ? WHERE user_id = ?",
-            (login.name, key, login.at, login.user_id),
+            (login.name, key, at, login.user_id),
         )
         if stored_name != login.name:
             return LoginOutcome(LoginResult.RENAMED, user_id=login.user_id, old_name=stored_name)

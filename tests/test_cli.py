@@ -225,13 +225,14 @@ def test_json_log_format_writes_one_json_object_per_line(
     isolated_logging, occupied_port, capsys
 ):
     status = main(
-        ["--host", "127.0.0.1", "--port", str(occupied_port), "--log-format", "json"]
+        ["--host", "127.0.0.1", "--port", str(occupied_port), "--log-format", "json",
+         "--database", ":memory:"]
     )
     assert status == 1
     lines = capsys.readouterr().err.splitlines()
     records = [json.loads(line) for line in lines]  # every line is JSON
     events = [record["event"] for record in records]
-    assert events == ["open_file_limit", "cannot_listen"]
+    assert events == ["open_file_limit", "database_migrated", "cannot_listen"]
     failure = records[-1]
     assert failure["level"] == "error"
     assert failure["port"] == occupied_port and failure["host"] == "127.0.0.1"
@@ -241,7 +242,8 @@ def test_json_log_format_writes_one_json_object_per_line(
 
 def test_console_log_format_writes_readable_lines(isolated_logging, occupied_port, capsys):
     status = main(
-        ["--host", "127.0.0.1", "--port", str(occupied_port), "--log-format", "console"]
+        ["--host", "127.0.0.1", "--port", str(occupied_port), "--log-format", "console",
+         "--database", ":memory:"]
     )
     assert status == 1
     lines = capsys.readouterr().err.splitlines()
@@ -255,7 +257,7 @@ def test_log_level_filters_lower_levels(isolated_logging, occupied_port, capsys)
     status = main(
         [
             "--host", "127.0.0.1", "--port", str(occupied_port),
-            "--log-format", "json", "--log-level", "error",
+            "--log-format", "json", "--log-level", "error", "--database", ":memory:",
         ]
     )
     assert status == 1

@@ -178,7 +178,7 @@ async def test_the_file_is_flushed_while_recording_and_complete_after(tmp_path):
 async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp_path):
     record_dir = tmp_path / "recordings"
     async with json_logging_process(
-        [sys.executable, "-m", "netplay", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1", "--port", "0",
          "--log-format", "json", "--seed", "11", "--record", str(record_dir)],
     ) as process:
         with trio.fail_after(10):

@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "netplay", "--host", "127.0.0.1", "--port", "0",
+                sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1", "--port", "0",
                 "--log-format", "json", "--ping-interval", "0.2", "--idle-timeout", "1.0",
             ],
             stdout=subprocess.DEVNULL,
