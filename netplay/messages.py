@@ -100,6 +100,13 @@ class Ping:
 
 
 @attrs.frozen
+class FirstPlayerInput:
+    """``U`` + one symbol: player 1's input, relayed to a 046 spectator."""
+
+    raw: bytes
+
+
+@attrs.frozen
 class Panels:
     """``P``/``O``/``Q``/``R`` + 120 digits: 20 rows of panels."""
 
@@ -109,7 +116,8 @@ class Panels:
 
 ClientFrame = Hello | ClientPing | Pong | Heartbeat | PanelRequest | Input | LevelPick | Json
 ServerFrame = (
-    HelloAccepted | HelloRefused | Ping | Heartbeat | Panels | Input | LevelPick | Json
+    HelloAccepted | HelloRefused | Ping | Heartbeat | Panels | Input | FirstPlayerInput
+    | LevelPick | Json
 )
 
 # One value per possible byte, so decoding an input allocates nothing.

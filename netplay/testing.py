@@ -172,3 +172,126 @@ async def start_match(first: ScriptedClient, second: ScriptedClient) -> None:
     await second.menu_state(ready=True, cursor="ready")
     await first.receive_until("match_start")
     await second.receive_until("match_start")
+
+
+# -- the 2022 client (protocol 046) ----------------------------------------------------
+
+NEW_USER_ID = "need a new user id"
+
+
+class Client046(ScriptedClient):
+    """A scripted 2022 client: name, login, rooms, matches and spectating.
+
+    Methods send what the real client sends at that step; the ``receive``
+    family reads what comes back.  Inputs from the server (``I``, and ``U``
+    when spectating) are counted in :attr:`inputs_received` and skipped by
+    :meth:`receive_json`.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, answer_pings: bool = True) -> None:
+        super().__init__(stream, answer_pings=answer_pings)
+        self.name: str | None = None
+        self.inputs_received = {"I": bytearray(), "U": bytearray()}
+
+    async def join(
+        self, name: str, *, level: int = 5, ranked: bool = False,
+        save_replays_publicly: str = "with my name", version: str = "046",
+    ) -> dict[str, Any]:
+        """``H046`` and the name message in one write, as the client does; return the lobby state."""
+        self.name = name
+        registration = encode_json({
+            "name": name, "level": level, "character": "__RandomCharacter",
+            "character_is_random": "__RandomCharacter", "character_display_name": "",
+            "stage": "__RandomStage", "stage_is_random": "__RandomStage",
+            "panels_dir": "pdp_ta_common", "ranked": ranked,
+            "save_replays_publicly": save_replays_publicly,
+        })
+        await self.send(b"H" + version.encode("ascii") + registration)
+        frame = await self.receive()
+        if not isinstance(frame, m.HelloAccepted):
+            raise AssertionError(f"expected H, got {frame!r}")
+        return await self.receive_json()
+
+    async def login(self, user_id: str = NEW_USER_ID) -> dict[str, Any]:
+        """Send ``login_request``; return the reply (login_successful, login_denied, ...)."""
+        await self.send_json({"login_request": True, "user_id": user_id})
+        while True:
+            reply = await self.receive_json()
+            if {"login_successful", "login_denied", "choose_another_name"} & reply.keys():
+                return reply
+
+    async def request_game(self, receiver: str) -> None:
+        await self.send_json({"game_request": {"sender": self.name, "receiver": receiver}})
+
+    async def menu_state(  # type: ignore[override]
+        self, *, ready: bool = False, cursor: str = "__Ready", character: str = "lip",
+        level: int = 5, stage: str = "pa_stages_fire", ranked: bool = False,
+    ) -> None:
+        await self.send_json({"menu_state": {
+            "cursor": cursor, "character": character, "character_display_name": character,
+            "stage": stage, "stage_is_random": stage, "panels_dir": "pdp_ta_common",
+            "level": level, "ranked": ranked, "loaded": True, "wants_ready": ready,
+            "ready": ready,
+        }})
+
+    async def send_inputs(self, inputs: str) -> None:
+        await self.send(b"".join(b"I" + symbol.encode("ascii") for symbol in inputs))
+
+    async def game_over(self, outcome: int) -> None:
+        await self.send_json({"game_over": True, "outcome": outcome})
+
+    async def spectate(self, room_number: int) -> dict[str, Any]:
+        await self.send_json(
+            {"spectate_request": {"sender": self.name, "roomNumber": room_number}}
+        )
+        return await self.receive_until("spectate_request_granted")
+
+    async def leave_room(self) -> None:
+        await self.send_json({"leave_room": True})
+
+    async def logout(self) -> None:
+        await self.send_json({"logout": True})
+
+    async def receive_json(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.receive(timeout=math.inf)
+                if isinstance(frame, m.Input | m.FirstPlayerInput):
+                    self.inputs_received[chr(frame.raw[0])].append(frame.raw[1])
+                    continue
+                if not isinstance(frame, m.Json):
+                    raise AssertionError(f"expected a J frame, got {frame!r}")
+                return frame.payload
+
+    async def receive_inputs(self, letter: str, count: int, *, timeout: float = 5.0) -> bytes:
+        """Read until ``count`` inputs of ``letter`` (``I`` or ``U``) have come; return them."""
+        received = self.inputs_received[letter]
+        with trio.fail_after(timeout):
+            while len(received) < count:
+                frame = await self.receive(timeout=math.inf)
+                if isinstance(frame, m.Input | m.FirstPlayerInput):
+                    self.inputs_received[chr(frame.raw[0])].append(frame.raw[1])
+        return bytes(received[:count])
+
+
+def connect046(server: Server, **kwargs: Any) -> Client046:
+    """A 2022 client served by ``server`` in this process (see :func:`connect_in_process`)."""
+    plain = connect_in_process(server, **kwargs)
+    return Client046(plain.stream, answer_pings=plain.answer_pings)
+
+
+async def pair_up046(first: Client046, second: Client046) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``first`` asks, ``second`` accepts (becoming player 1); return both create_room messages."""
+    assert first.name is not None and second.name is not None
+    await first.request_game(second.name)
+    await second.receive_until("game_request")
+    await second.request_game(first.name)
+    return await first.receive_until("create_room"), await second.receive_until("create_room")
+
+
+async def start_match046(first: Client046, second: Client046) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both players ready up; return both match_start messages."""
+    await first.menu_state(ready=True)
+    await second.receive_until("menu_state")
+    await second.menu_state(ready=True)
+    return await first.receive_until("match_start"), await second.receive_until("match_start")

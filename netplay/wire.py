@@ -35,6 +35,7 @@ SERVER_TO_CLIENT_LENGTHS = {
     "Q": 121,
     "R": 121,
     "I": 2,
+    "U": 2,
     "L": 2,
     "W": 1,
 }
@@ -84,6 +85,8 @@ def _server_frame(letter: int, message: bytes) -> m.ServerFrame:
         return m.HelloRefused()
     if letter == 76:
         return m.LEVEL_PICKS[message[1]]
+    if letter == 85:  # "U"
+        return m.FirstPlayerInput(message)
     return m.HEARTBEAT
 
 
@@ -266,8 +269,8 @@ def _fixed(letter: str, body: str, length: int) -> bytes:
 def encode(frame: Any) -> bytes:
     """Bytes of any frame in either direction (see ``messages``)."""
     match frame:
-        case m.Input(raw) | m.LevelPick(raw):
-            letter = b"I" if type(frame) is m.Input else b"L"
+        case m.Input(raw) | m.LevelPick(raw) | m.FirstPlayerInput(raw):
+            letter = {m.Input: b"I", m.LevelPick: b"L", m.FirstPlayerInput: b"U"}[type(frame)]
             if len(raw) != 2 or raw[:1] != letter:
                 raise LocalProtocolError(f"{letter!r} message must be 2 bytes, got {raw!r}")
             return raw

@@ -124,7 +124,8 @@ def test_fixed_lengths_are_those_the_clients_use():
         "H": 4, "E": 4, "F": 4, "P": 8, "Q": 8, "I": 2, "L": 2, "W": 1,
     }
     assert SERVER_TO_CLIENT_LENGTHS == {
-        "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "L": 2, "W": 1,
+        "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "U": 2, "L": 2,
+        "W": 1,
     }
 
 
