@@ -44,6 +44,9 @@ import attrs
 import trio
 import trio.testing
 
+from netplay import messages as m
+from netplay import storage
+from netplay.dialect046 import NEW_USER_ID_REQUEST
 from netplay.errors import RemoteProtocolError
 from netplay.recording import SHUTDOWN_REASONS, Event, Session, config_for_replay
 from netplay.server import Server
@@ -118,6 +121,66 @@ def split_messages(data: bytes) -> list[bytes]:
     if splitter.rest:
         messages.append(splitter.rest)
     return messages
+
+
+# ---------------------------------------------------------------------------
+# The player database a replay needs
+
+
+def players_for_replay(session: Session) -> storage.SqliteStorage:
+    """An in-memory player database under which ``session`` replays exactly.
+
+    Player ids are random, so the server under replay hands out the ids the
+    recorded server did, in the same order; ids that clients brought from
+    before the recording are stored beforehand under the name they had.
+    """
+    handed_out: list[str] = []
+    brought: dict[str, str] = {}
+    client_decoders: dict[int, Decoder] = {}
+    server_splitters: dict[int, MessageSplitter] = {}
+    names: dict[int, str] = {}
+    asked: dict[int, str] = {}  # connection -> the id its login_request named
+    for event in session.events:
+        if event.kind == "recv":
+            decoder = client_decoders.setdefault(
+                event.connection, Decoder(max_json_length=MAX_JSON_LENGTH_ON_WIRE)
+            )
+            decoder.receive_data(event.data)
+            try:
+                frames = decoder.frames()
+            except RemoteProtocolError:
+                continue
+            for frame in frames:
+                if not isinstance(frame, m.Json):
+                    continue
+                payload = frame.payload
+                if isinstance(payload.get("name"), str):
+                    names.setdefault(event.connection, payload["name"])
+                user_id = payload.get("user_id")
+                if payload.get("login_request") is True and isinstance(user_id, str) \
+                        and user_id != NEW_USER_ID_REQUEST:
+                    asked[event.connection] = user_id
+        elif event.kind == "send":
+            splitter = server_splitters.setdefault(event.connection, MessageSplitter())
+            for raw in splitter.feed(event.data):
+                reply = _json_body(raw)
+                if not isinstance(reply, dict) or reply.get("login_successful") is not True:
+                    continue
+                if isinstance(reply.get("new_user_id"), str):
+                    handed_out.append(reply["new_user_id"])
+                    continue
+                user_id = asked.get(event.connection)
+                name = reply.get("old_name") if reply.get("name_changed") else names.get(
+                    event.connection
+                )
+                if user_id and isinstance(name, str) and user_id not in handed_out:
+                    brought.setdefault(user_id, name)
+    ids = iter(handed_out)
+    database = storage.SqliteStorage(
+        storage.MEMORY, make_user_id=lambda: next(ids, None) or storage.new_user_id()
+    )
+    database.execute([storage.ImportPlayer(i, name) for i, name in brought.items()])
+    return database
 
 
 def is_heartbeat(raw: bytes) -> bool:
@@ -408,7 +471,8 @@ async def replay_in_process(
     driver = trio.CancelScope()
     observer = _Observer(expected, base, driver.cancel)
     server = Server(config_for_replay(session.settings, **config_overrides), seed=seed,
-                    recorder=observer)
+                    recorder=observer, database=players_for_replay(session),
+                    database_in_thread=False)
     clients: dict[int, trio.abc.HalfCloseableStream] = {}
     needed: dict[int, int] = {}
     divergence: Divergence | None = None

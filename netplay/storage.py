@@ -55,6 +55,21 @@ class Login:
     at: float | None = None
 
 
+@attrs.frozen
+class ImportPlayer:
+    """Add a player under a known id (from another server, or a recorded session)."""
+
+    user_id: str
+    name: str
+    at: float | None = None
+
+
+@attrs.frozen
+class ImportOutcome:
+    imported: bool
+    reason: str | None = None
+
+
 class LoginResult(enum.Enum):
     NEW_ID = "new_id"  # a new player; ``user_id`` is theirs from now on
     WELCOME_BACK = "welcome_back"  # a known id under its own name
@@ -77,12 +92,14 @@ class LoginOutcome:
         return self.result in (LoginResult.NEW_ID, LoginResult.WELCOME_BACK, LoginResult.RENAMED)
 
 
-Operation = Login
-Outcome = LoginOutcome
+Operation = Login | ImportPlayer
+Outcome = LoginOutcome | ImportOutcome
 
 
 def failed_outcome(operation: Operation, reason: str) -> Outcome:
     """What an operation that could not run at all comes back as."""
+    if type(operation) is ImportPlayer:
+        return ImportOutcome(False, reason)
     return LoginOutcome(LoginResult.UNAVAILABLE, reason=reason)
 
 
@@ -234,6 +251,8 @@ class SqliteStorage:
     def _run(self, operation: Operation) -> Outcome:
         if type(operation) is Login:
             return self._login(operation)
+        if type(operation) is ImportPlayer:
+            return self._import(operation)
         raise TypeError(f"unknown storage operation {operation!r}")
 
     def _login(self, login: Login) -> LoginOutcome:
@@ -270,6 +289,19 @@ class SqliteStorage:
         if stored_name != login.name:
             return LoginOutcome(LoginResult.RENAMED, user_id=login.user_id, old_name=stored_name)
         return LoginOutcome(LoginResult.WELCOME_BACK, user_id=login.user_id)
+
+
+    def _import(self, player: ImportPlayer) -> ImportOutcome:
+        at = player.at if player.at is not None else time.time()
+        try:
+            self._db.execute(
+                "INSERT INTO players (user_id, name, name_key, created_at, last_login_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (player.user_id, player.name, name_key(player.name), at, at),
+            )
+        except sqlite3.IntegrityError as error:
+            return ImportOutcome(False, f"id or name already stored: {error}")
+        return ImportOutcome(True)
 
 
 def _statements(script: str) -> list[str]:
