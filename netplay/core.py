@@ -289,6 +289,10 @@ class ServerCore:
         phase, connection.phase = connection.phase, Phase.CLOSING
         if phase is Phase.OPEN:
             actions.extend(self._leave_lobby(connection))
+            if connection.dialect is Dialect.V046:
+                # The 2022 client notices a close only when data comes with
+                # it; without this last frame it would hang on its screen.
+                actions.append(Send(connection.id, dialect046.farewell(reason)))
         actions.append(Close(connection.id, reason))
         return actions
 

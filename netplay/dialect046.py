@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from netplay import messages as m
 from netplay.dialect import MAX_TEXT_FIELD_LENGTH
 from netplay.errors import RemoteProtocolError
+from netplay.wire import encode_json
 
 NEW_USER_ID_REQUEST = "need a new user id"
 MIN_LEVEL = 1
@@ -414,3 +415,8 @@ def leave_room() -> dict[str, Any]:
 
 def leaderboard_report(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"leaderboard_report": entries}
+
+
+def farewell(reason: str) -> bytes:
+    """The last frame before the server closes a 046 connection (see ``core``)."""
+    return encode_json({"connection_closing": True, "reason": reason})

@@ -295,4 +295,14 @@ async def test_logout_closes_the_connection(autojump_clock):
         alice = await joined(server, "alice")
         await alice.logout()
         frames = await alice.expect_closed(timeout=5)
-        assert all(not isinstance(frame, m.Json) or "unpaired" in frame.payload for frame in frames)
+        jsons = [frame.payload for frame in frames if isinstance(frame, m.Json)]
+        assert jsons == [{"connection_closing": True, "reason": "logout"}]
+
+
+async def test_server_closing_sends_a_last_frame_the_client_notices(autojump_clock):
+    async with running_server(Config(idle_timeout=3), seed=5) as server:
+        silent = connect046(server, answer_pings=False)
+        await silent.join("silent")
+        frames = await silent.expect_closed(timeout=10)
+        jsons = [frame.payload for frame in frames if isinstance(frame, m.Json)]
+        assert jsons[-1] == {"connection_closing": True, "reason": "idle_timeout"}
