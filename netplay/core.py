@@ -43,8 +43,6 @@ DOCUMENT_PING = b"W"
 HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
-# How often the edge calls ``ServerCore.tick``: the resolution of lobby timers.
-TICK_INTERVAL = 0.25
 # relay_target's answer for an input dropped by the flood limit (ids start at 1).
 RELAY_DROPPED = 0
 
@@ -395,8 +393,18 @@ class ServerCore:
         return self.lobby046.stored(connection_id, operation, outcome, now)
 
     def tick(self, now: float) -> list[Action]:
-        """Lobby deadlines due at ``now`` (the edge calls this every :data:`TICK_INTERVAL`)."""
+        """Lobby deadlines due at ``now``; the edge calls this at :meth:`next_deadline`."""
         return self.lobby046.tick(now)
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` is next due; clears :attr:`deadlines_changed`."""
+        self.lobby046.deadlines_changed = False
+        return self.lobby046.next_deadline()
+
+    @property
+    def deadlines_changed(self) -> bool:
+        """Whether a deadline was set since the last :meth:`next_deadline`."""
+        return self.lobby046.deadlines_changed
 
     # -- lobby snapshots -------------------------------------------------------
 

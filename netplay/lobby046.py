@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import math
 import random
 from typing import Any, Callable
 
@@ -209,6 +210,10 @@ class Lobby046:
         self.names: dict[str, Player] = {}  # by name_key: one name regardless of case
         self.rooms: dict[int, Room] = {}
         self.proposals: set[tuple[PlayerId, PlayerId]] = set()
+        # Rooms waiting for a second game_over report, and when they decide without it.
+        self.decisions_due: dict[int, float] = {}
+        # Set when a decision was scheduled; whoever keeps time clears it.
+        self.deadlines_changed = False
         self._next_room_number = 1
         # Bumped whenever what the lobby list shows changes.
         self.version = 0
@@ -280,19 +285,21 @@ class Lobby046:
             return self._login_outcome(player, operation, outcome)
         raise LocalProtocolError(f"no use for the outcome of {operation!r}")
 
+    def next_deadline(self) -> float:
+        """When :meth:`tick` next has something to do (infinity: never)."""
+        return min(self.decisions_due.values(), default=math.inf)
+
     def tick(self, now: float) -> list[Action]:
         """Decide matches whose second game_over report is overdue."""
         sends: list[Action] = []
-        for room in list(self.rooms.values()):
-            match = room.match
-            if (
-                match is not None
-                and match.first_claim_at is not None
-                and now >= match.first_claim_at + self.game_over_timeout
-            ):
-                claim = next(c for c in match.claims if c is not None)
-                log.info("game_over_timeout", room=room.number, outcome=claim)
-                sends += self._end_match(room, claim, "timeout", now)
+        for number, due in list(self.decisions_due.items()):
+            if now < due:
+                continue
+            room = self.rooms[number]
+            assert room.match is not None
+            claim = next(c for c in room.match.claims if c is not None)
+            log.info("game_over_timeout", room=room.number, outcome=claim)
+            sends += self._end_match(room, claim, "timeout", now)
         return sends
 
     def disconnect(self, player_id: PlayerId) -> list[Action]:
@@ -507,6 +514,8 @@ class Lobby046:
         other = match.claims[1 - side]
         if other is None:
             match.first_claim_at = now
+            self.decisions_due[room.number] = now + self.game_over_timeout
+            self.deadlines_changed = True
             return []
         if other == message.outcome:
             return self._end_match(room, other, "agreement", now)
@@ -584,6 +593,7 @@ class Lobby046:
         match = room.match
         assert match is not None
         room.match = None
+        self.decisions_due.pop(room.number, None)
         room.move(RoomState.SELECTING)
         sends: list[Action] = []
         if outcome in (1, 2):
@@ -602,6 +612,7 @@ class Lobby046:
     def _close_room(self, room: Room, reason: str, **context: object) -> list[Action]:
         """Everyone still connected goes back to the lobby: leave_room, then the lobby list."""
         del self.rooms[room.number]
+        self.decisions_due.pop(room.number, None)
         returning = []
         for player in room.everyone():
             player.room = None

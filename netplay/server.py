@@ -26,7 +26,7 @@ import trio
 from netplay import poller, storage
 from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
-from netplay.core import TICK_INTERVAL, ServerCore
+from netplay.core import ServerCore
 
 log = structlog.get_logger("netplay.server")
 
@@ -124,6 +124,7 @@ class Server:
         self._nursery: trio.Nursery | None = None
         self._accept_scope = trio.CancelScope()
         self._snapshot_wanted = trio.Event()
+        self._tick_wanted = trio.Event()
         self._last_snapshot = -math.inf
         self._shutdown = trio.Event()
         self._poller: poller.ReadPoller | None = None
@@ -358,6 +359,8 @@ class Server:
                     self._request_close(link, action.reason)
         if self.core.snapshot_due:
             self._snapshot_wanted.set()
+        if self.core.deadlines_changed:
+            self._tick_wanted.set()
 
     def _store(self, action: Store) -> None:
         try:
@@ -392,9 +395,13 @@ class Server:
                 self._execute(self.core.stored(action.player, action.operation, outcome, now))
 
     async def _tick_loop(self) -> None:
+        """Call the core's ``tick`` at each of its deadlines, and only then."""
         while True:
-            await trio.sleep(TICK_INTERVAL)
-            self._execute(self.core.tick(trio.current_time()))
+            with trio.move_on_at(self.core.next_deadline()) as waiting:
+                await self._tick_wanted.wait()
+                self._tick_wanted = trio.Event()
+            if waiting.cancelled_caught:
+                self._execute(self.core.tick(trio.current_time()))
 
     def _deliver(self, connection_id: int, data: bytes, snapshot: bool = False) -> None:
         link = self.links.get(connection_id)

@@ -83,7 +83,8 @@ def alter_sent_byte(session: Session, connection: int, message: bytes, offset: i
 
 def test_the_corpus_is_there():
     assert [p.stem for p in SESSIONS] == [
-        "classic_match", "disconnects", "document_dialect", "handshake_and_names", "heartbeat",
+        "classic_match", "dialect_046", "disconnects", "document_dialect",
+        "handshake_and_names", "heartbeat",
     ]
     assert all(p.stat().st_size < 64 * 1024 for p in SESSIONS)
 
@@ -128,6 +129,26 @@ def test_the_corpus_covers_every_message_of_both_dialects():
         "J:game_request_to_server:reciver", "J:menu_state", "J:leave_room", "J:game_over",
     }
     assert closes >= {"end_of_stream", "idle_timeout", "version_refused"}
+
+
+def test_the_corpus_covers_every_message_of_the_046_dialect():
+    session = corpus("dialect_046")
+    from_server: set[str] = set()
+    for connection in session.connections():
+        for raw in sent_messages(session, connection):
+            if raw[:1] == b"J":
+                from_server |= {f"J:{key}" for key in json.loads(raw[4:])}
+            else:
+                from_server.add(raw[:1].decode())
+    assert from_server >= {
+        "H", "E", "I", "U", "J:unpaired", "J:spectatable", "J:players",
+        "J:choose_another_name", "J:login_successful", "J:new_user_id", "J:name_changed",
+        "J:login_denied", "J:game_request", "J:create_room", "J:your_player_number",
+        "J:a_menu_state", "J:ratings", "J:menu_state", "J:ranked_match_denied",
+        "J:match_start", "J:spectate_request_granted", "J:replay_of_match_so_far",
+        "J:spectators", "J:taunt", "J:win_counts", "J:character_select", "J:leave_room",
+        "J:leaderboard_report", "J:connection_closing",
+    }
 
 
 def kinds_of_client_messages(data: bytes) -> set[str]:

@@ -24,6 +24,7 @@ import argparse
 import logging
 import math
 import os
+import random
 import sys
 from typing import Any, Awaitable, Callable
 
@@ -44,7 +45,8 @@ from netplay.recording import (
 )
 from netplay.replay import replay_in_process_sync
 from netplay.server import Server
-from netplay.testing import ScriptedClient
+from netplay.storage import MEMORY, SqliteStorage
+from netplay.testing import Client046, ScriptedClient
 from netplay.wire import encode_json
 
 SEED = 20240611
@@ -436,12 +438,155 @@ async def heartbeat(scene: Scene) -> None:
     await chatty.close()
 
 
+class Actor046(Actor):
+    """A scripted 2022 client (protocol 046) on the grid."""
+
+    async def join046(self, **fields: Any) -> dict[str, Any]:
+        registration = {
+            "name": self.name, "level": 5, "character": "__RandomCharacter",
+            "character_is_random": "__RandomCharacter", "character_display_name": "",
+            "stage": "__RandomStage", "stage_is_random": "__RandomStage",
+            "panels_dir": "pdp_ta_common", "ranked": False,
+            "save_replays_publicly": "with my name", **fields,
+        }
+        await self.send(b"H046" + encode_json(registration))
+        frame = await self.client.receive()
+        assert isinstance(frame, m.HelloAccepted), frame
+        self.first_reply = await self.client.receive_json()
+        return self.first_reply
+
+    async def login(self, user_id: str = "need a new user id") -> dict[str, Any]:
+        await self.json({"login_request": True, "user_id": user_id})
+        while True:
+            reply = await self.client.receive_json()
+            if {"login_successful", "login_denied", "choose_another_name"} & reply.keys():
+                return reply
+
+    async def menu046(self, *, ready: bool, cursor: str = "__Ready", ranked: bool = False,
+                      character: str = "lip") -> None:
+        await self.json({"menu_state": {
+            "cursor": cursor, "character": character, "character_display_name": character,
+            "stage": "pa_stages_fire", "stage_is_random": "pa_stages_fire",
+            "panels_dir": "pdp_ta_common", "level": 5, "ranked": ranked, "loaded": True,
+            "wants_ready": ready, "ready": ready,
+        }})
+
+    async def inputs(self, symbols: str) -> None:
+        await self.send(b"".join(b"I" + s.encode("ascii") for s in symbols))
+
+    async def frames_of(self, kind: type, count: int) -> list[Any]:
+        """Read until ``count`` frames of ``kind``; other frames are skipped."""
+        found = []
+        while len(found) < count:
+            frame = await self.client.receive()
+            if isinstance(frame, kind):
+                found.append(frame)
+        return found
+
+
+async def join046(scene: Scene, name: str, **fields: Any) -> Actor046:
+    await scene.step()
+    client_end, server_end = trio.testing.memory_stream_pair()
+    scene.server.open_stream(server_end, ("127.0.0.1", scene._next_port))
+    scene._next_port += 1
+    actor = Actor046(scene, name, "046", Client046(client_end))
+    await actor.join046(**fields)
+    return actor
+
+
+async def dialect_046(scene: Scene) -> None:
+    """The 2022 client: refused names, logins (new, returning, renamed, unknown,
+    name taken), requests and a room, menu states with a ranked wish, a match
+    with inputs, a spectator joining mid-match (catch-up, U/I, spectators list),
+    taunts, an agreed win, a disagreeing draw, a report decided by the timeout,
+    the leaderboard, leave_room, a spectator leaving, logout, and a disconnect."""
+    blank = await join046(scene, "")
+    assert blank.first_reply == {"choose_another_name": {"reason": "Name cannot be blank"}}
+    await blank.close()
+    amy = await join046(scene, "amy")
+    amy_id = (await amy.login())["new_user_id"]
+    ben = await join046(scene, "ben")
+    await ben.login()
+    await ben.json({"leaderboard_request": True})
+    await ben.expect("leaderboard_report")
+    await amy.request("ben")
+    await ben.expect("game_request")
+    await ben.request("amy")
+    await amy.expect("create_room")
+    await ben.expect("create_room")
+    await amy.menu046(ready=False, cursor="__Mode", ranked=True)
+    await ben.expect("ranked_match_denied")
+    await amy.menu046(ready=True)
+    await ben.expect("menu_state")
+    await ben.menu046(ready=True)
+    start = await amy.expect("match_start")
+    await ben.expect("match_start")
+    await ben.inputs("AAAAg")
+    await amy.inputs("AAB")
+    await amy.frames_of(m.Input, 5)
+    await ben.frames_of(m.Input, 3)
+    cat = await join046(scene, "cat")
+    await cat.login()
+    await cat.json({"spectate_request": {"sender": "cat", "roomNumber": 1}})
+    granted = await cat.expect("spectate_request_granted")
+    assert granted["replay_of_match_so_far"]["vs"]["seed"] == start["seed"]
+    await cat.expect("spectators")
+    await ben.json({"taunt": True, "type": "taunt_ups", "index": 1})
+    await cat.expect("taunt")
+    await ben.inputs("C")
+    await amy.inputs("D")
+    await cat.frames_of(m.FirstPlayerInput, 1)
+    await cat.frames_of(m.Input, 1)
+    await amy.json({"game_over": True, "outcome": 1})
+    await ben.json({"game_over": True, "outcome": 1})
+    await cat.json({"game_over": True, "outcome": 1})
+    await amy.expect("character_select")
+    await ben.expect("character_select")
+    await cat.expect("character_select")
+    # A draw by disagreement, then a match decided on one report.
+    for first_claim, second_claim in ((1, 2), (2, None)):
+        await amy.menu046(ready=True)
+        await ben.expect("menu_state")
+        await ben.menu046(ready=True)
+        await amy.expect("match_start")
+        await ben.expect("match_start")
+        await amy.json({"game_over": True, "outcome": first_claim})
+        if second_claim is not None:
+            await ben.json({"game_over": True, "outcome": second_claim})
+        await amy.expect("character_select")
+        await ben.expect("character_select")
+    await cat.json({"leave_room": True})
+    await cat.expect("unpaired")
+    await amy.json({"leave_room": True})
+    await amy.expect("leave_room")
+    await ben.expect("leave_room")
+    await amy.json({"logout": True})
+    await amy.closed_by_server()
+    # Back with the stored id, under the same name, then under a new one.
+    again = await join046(scene, "amy")
+    assert await again.login(amy_id) == {"login_successful": True}
+    await again.close()
+    renamed = await join046(scene, "amelia")
+    assert (await renamed.login(amy_id))["name_changed"] is True
+    thief = await join046(scene, "AMELIA")
+    assert thief.first_reply == {"choose_another_name": {"used_names": ["AMELIA"]}}
+    await thief.close()
+    await renamed.close()
+    taker = await join046(scene, "Amelia")
+    assert "choose_another_name" in await taker.login()
+    stranger = await join046(scene, "dan")
+    assert "login_denied" in await stranger.login("12345")
+    for actor in (ben, cat, taker, stranger):
+        await actor.close()
+
+
 SCENARIOS: dict[str, Callable[[Scene], Awaitable[None]]] = {
     "handshake_and_names": handshake_and_names,
     "classic_match": classic_match,
     "document_dialect": document_dialect,
     "disconnects": disconnects,
     "heartbeat": heartbeat,
+    "dialect_046": dialect_046,
 }
 
 
@@ -488,7 +633,13 @@ async def record(scenario: Callable[[Scene], Awaitable[None]], name: str) -> Ses
     settings["recorded_by"] = "record_corpus"
     settings["scenario"] = name
     writer = SessionWriter(settings, trio.current_time())
-    server = Server(config, seed=SEED, recorder=writer)
+    # Player ids are random; drawn from the seed here, so the files are reproducible.
+    ids = random.Random(SEED)
+    database = SqliteStorage(
+        MEMORY, make_user_id=lambda: str(ids.randrange(10**15, 2**53))
+    )
+    server = Server(config, seed=SEED, recorder=writer, database=database,
+                    database_in_thread=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         await scenario(Scene(server))
