@@ -1,0 +1,101 @@
+import calendar
+import json
+import os
+
+import attrs
+import pytest
+from hypothesis import given, strategies as st
+
+from netplay.inputs import INPUT_ALPHABET, uncompress
+from netplay.replays import (
+    Decision, FinishedMatch, MatchPlayer, Publicity, ReplayFile, SkipReason, Skipped, build_replay,
+    write_replay,
+)
+
+ENDED = calendar.timegm((2024, 3, 9, 21, 5, 7))
+
+
+def player(name, publicity=Publicity.WITH_MY_NAME, inputs="AAAAAgggQQ", level=8, user_id="1"):
+    return MatchPlayer(name, user_id, level, "pa_characters_windy", "pdp_ta_common", inputs, publicity)
+
+
+def match(first, second, **changes):
+    value = FinishedMatch(
+        players=(first, second), stage="pa_stages_fire", seed=4242, ranked=True, winner=2,
+        decided_by=Decision.AGREEMENT, started_at=ENDED - 90, ended_at=ENDED,
+    )
+    return attrs.evolve(value, **changes)
+
+
+def test_a_named_replay_in_the_2022_layout():
+    replay = build_replay(match(player("zoe", level=8), player("adam", inputs="A" * 579 + "g" * 77, level=7),
+                                win_counts=(0, 1)))
+    assert replay.relative_path == (
+        "v046/2024/03/09/adam-vs-zoe/v046-2024-03-09-21-05-07-zoe-L8-vs-adam-L7-Ranked-P2wins.txt"
+    )
+    assert json.loads(replay.content) == {"engineVersion": "046", "vs": {
+        "P": "", "O": "", "Q": "", "R": "",
+        "in_buf": "A5g3Q2", "I": "A579g77",
+        "P1_level": 8, "P2_level": 7,
+        "P1_char": "pa_characters_windy", "P2_char": "pa_characters_windy",
+        "P1_name": "zoe", "P2_name": "adam", "ranked": True, "do_countdown": True, "seed": 4242,
+        "P1_win_count": 0, "P2_win_count": 1,
+    }}
+
+
+def test_inputs_in_the_file_read_back_exactly_as_the_client_uncompresses_them():
+    inputs = ("A" * 600 + "g" * 7 + "1111" + "Q" + "2" + "A" * 3) , "B" + "A" * 1000
+    replay = build_replay(match(player("a", inputs=inputs[0]), player("b", inputs=inputs[1])))
+    vs = json.loads(replay.content)["vs"]
+    assert (uncompress(vs["in_buf"]), uncompress(vs["I"])) == inputs
+    assert len(vs["I"]) < 10
+
+
+@given(st.text(alphabet=INPUT_ALPHABET, max_size=60))
+def test_any_written_inputs_read_back_exactly(inputs):
+    replay = build_replay(match(player("a", inputs="A" + inputs), player("b")))
+    if isinstance(replay, Skipped):
+        assert replay.reason is SkipReason.UNREADABLE_INPUTS
+    else:
+        assert uncompress(json.loads(replay.content)["vs"]["in_buf"]) == "A" + inputs
+
+
+def test_an_anonymous_name_is_nowhere_in_the_file_or_its_path():
+    replay = build_replay(match(player("secretive", Publicity.ANONYMOUSLY), player("bob"), winner=0,
+                                ranked=False))
+    assert "secretive" not in replay.relative_path
+    assert b"secretive" not in replay.content
+    vs = json.loads(replay.content)["vs"]
+    assert "P1_name" not in vs and vs["P2_name"] == "bob"
+    assert replay.relative_path.endswith("/bob-vs-anonymous/v046-2024-03-09-21-05-07-anonymous-L8-vs-bob-L8-Casual-draw.txt")
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_not_at_all_from_either_player_means_no_file(which):
+    players = [player("a"), player("b", Publicity.ANONYMOUSLY)]
+    players[which] = attrs.evolve(players[which], publicity=Publicity.NOT_AT_ALL)
+    assert build_replay(match(*players)) == Skipped(SkipReason.NOT_PUBLIC)
+
+
+def test_unknown_publicity_from_a_client_is_the_most_private():
+    assert Publicity.from_client("with my name") is Publicity.WITH_MY_NAME
+    assert Publicity.from_client("anonymously") is Publicity.ANONYMOUSLY
+    assert Publicity.from_client(None) is Publicity.NOT_AT_ALL
+    assert Publicity.from_client("yes please") is Publicity.NOT_AT_ALL
+
+
+def test_names_that_could_escape_the_folder_are_made_safe():
+    replay = build_replay(match(player("../../etc"), player("b")))
+    folder = replay.relative_path.split("/")
+    assert ".." not in folder and len(folder) == 6
+
+
+def test_write_replay_is_whole_and_never_replaces_a_file(tmp_path):
+    replay = ReplayFile("v046/2024/03/09/a-vs-b/game.txt", b'{"vs": {}}')
+    assert write_replay(tmp_path, replay) == "v046/2024/03/09/a-vs-b/game.txt"
+    second = ReplayFile(replay.relative_path, b'{"vs": {"seed": 2}}')
+    assert write_replay(tmp_path, second) == "v046/2024/03/09/a-vs-b/game-2.txt"
+    folder = tmp_path / "v046/2024/03/09/a-vs-b"
+    assert sorted(os.listdir(folder)) == ["game-2.txt", "game.txt"]  # no temporary left behind
+    assert (folder / "game.txt").read_bytes() == b'{"vs": {}}'
+    assert (folder / "game-2.txt").read_bytes() == b'{"vs": {"seed": 2}}'
