@@ -201,3 +201,18 @@ def test_a_locked_database_is_a_one_line_error(capsys, database):
         holder.close()
     assert status == 1
     assert err.count("\n") == 1 and "database is locked" in err
+
+
+def test_the_leaderboard_benchmark_runs_and_reports(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_leaderboard.py"
+    spec = importlib.util.spec_from_file_location("bench_leaderboard", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--players", "3000", "--runs", "3", "--limit", "10"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["players"] == 3000 and report["asker_rank"] == 2999
+    assert report["limited_ms"]["max"] <= 50
