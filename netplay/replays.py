@@ -8,8 +8,7 @@ the 2022 server's (``v046/YYYY/MM/DD/<a>-vs-<b>/v046-...txt``, UTC).
 
 Each player chooses what becomes public: ``"not at all"`` (no file is
 written), ``"anonymously"`` (their name appears nowhere, neither in the file
-nor in its path; the client then shows "Player 1"/"Player 2") or ``"with my
-name"``.
+nor in its path: they are "anonymous") or ``"with my name"``.
 """
 
 from __future__ import annotations
@@ -119,10 +118,11 @@ def build_replay(match: FinishedMatch) -> ReplayFile | Skipped:
         "do_countdown": True,
         "seed": match.seed,
     }
-    # An anonymous player's name key is left out; the client then shows "Player N".
+    # Both names must be strings: the client's replay browser fails on a
+    # missing one.  An anonymous player is "anonymous", like their folder.
     for number, player in ((1, first), (2, second)):
-        if player.publicity is Publicity.WITH_MY_NAME:
-            vs[f"P{number}_name"] = player.name
+        named = player.publicity is Publicity.WITH_MY_NAME
+        vs[f"P{number}_name"] = player.name if named else ANONYMOUS
     if match.win_counts is not None:
         vs["P1_win_count"], vs["P2_win_count"] = match.win_counts
     content = json.dumps({"engineVersion": ENGINE_VERSION, "vs": vs}, ensure_ascii=False)

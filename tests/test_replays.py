@@ -66,7 +66,7 @@ def test_an_anonymous_name_is_nowhere_in_the_file_or_its_path():
     assert "secretive" not in replay.relative_path
     assert b"secretive" not in replay.content
     vs = json.loads(replay.content)["vs"]
-    assert "P1_name" not in vs and vs["P2_name"] == "bob"
+    assert (vs["P1_name"], vs["P2_name"]) == ("anonymous", "bob")
     assert replay.relative_path.endswith("/bob-vs-anonymous/v046-2024-03-09-21-05-07-anonymous-L8-vs-bob-L8-Casual-draw.txt")
 
 
