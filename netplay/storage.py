@@ -470,10 +470,16 @@ class SqliteStorage:
             raise sqlite3.DatabaseError(
                 f"schema version {version} is newer than this server's {SCHEMA_VERSION}"
             )
+        migrated = False
         for target in range(version + 1, SCHEMA_VERSION + 1):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                # Another process (netplay-admin, say) may have taken this step
+                # while this one waited for the lock.
+                if self.schema_version >= target:
+                    db.execute("COMMIT")
+                    continue
                 for statement in _statements(MIGRATIONS[target - 1]):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={target}")
@@ -481,7 +487,9 @@ class SqliteStorage:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            log.info("database_migrated", path=self.path, version=target)
+            migrated = True
+        if migrated:
+            log.info("database_migrated", path=self.path, version=SCHEMA_VERSION, previous=version)
 
     # -- the interface -----------------------------------------------------------
 

@@ -275,3 +275,25 @@ def test_find_players_by_id_or_part_of_the_name(store):
     assert [p.name for p in run(store, FindPlayers("_")).players] == ["Ann_1"]
     assert [p.name for p in run(store, FindPlayers("%")).players] == ["bo%b"]
     assert [p.user_id for p in run(store, FindPlayers(ids[1])).players] == [ids[1]]
+
+
+
+def test_a_step_another_process_took_while_this_one_waited_is_not_taken_again(
+    tmp_path, monkeypatch
+):
+    path = str(tmp_path / "race.sqlite3")
+    with sqlite3.connect(path) as db:
+        db.executescript(storage.MIGRATIONS[0])
+        db.execute("PRAGMA user_version = 1")
+    SqliteStorage(path).close()  # the other process: migrates to 2
+    real = SqliteStorage.schema_version.fget
+    reads = []
+
+    def first_read_is_stale(self):  # as read before the other process took the lock
+        reads.append(1)
+        return 1 if len(reads) == 1 else real(self)
+
+    monkeypatch.setattr(SqliteStorage, "schema_version", property(first_read_is_stale))
+    late = SqliteStorage(path)  # would fail on "table ratings already exists"
+    assert real(late) == 2
+    late.close()
