@@ -297,3 +297,9 @@ def test_a_step_another_process_took_while_this_one_waited_is_not_taken_again(
     late = SqliteStorage(path)  # would fail on "table ratings already exists"
     assert real(late) == 2
     late.close()
+
+
+def test_an_imported_player_logs_in_under_the_known_id(store):
+    (outcome,) = store.execute([storage.ImportPlayer("1234567890123456", "eve", at=1.0)])
+    assert outcome.imported
+    assert run(store, Login("1234567890123456", "eve", at=2.0)).result is LoginResult.WELCOME_BACK
