@@ -111,10 +111,18 @@ class SessionWriter:
 
     Implements the server's ``Recorder`` protocol.  ``start`` is the clock
     reading that becomes time 0.
+
+    Times never go backwards in the file: an event stamped earlier than the
+    one before it is written with the earlier event's time.  The server stamps
+    every read of one poller wake-up with the time of the wake-up, while what
+    it writes in between is stamped when written, a few microseconds later;
+    the reads are what comes first, so they keep their order and take the
+    later time.
     """
 
     def __init__(self, settings: dict[str, Any], start: float) -> None:
         self.start = start
+        self._latest = start
         self._lines: list[str] = [MAGIC + "\n", "settings " + json.dumps(settings) + "\n"]
         self._pending = sum(map(len, self._lines))
         self.stopped: str | None = None  # why recording stopped early, if it did
@@ -122,6 +130,10 @@ class SessionWriter:
     def _add(self, now: float, connection_id: int, kind: str, rest: str | None) -> None:
         if self.stopped is not None:
             return
+        if now < self._latest:
+            now = self._latest
+        else:
+            self._latest = now
         line = f"{now - self.start:.6f} {connection_id} {kind}"
         line = f"{line} {rest}\n" if rest is not None else line + "\n"
         self._lines.append(line)

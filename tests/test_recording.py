@@ -220,3 +220,20 @@ async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp
     result = await replay_in_process(session)
     assert result.ok, result.report()
     assert result.messages >= 12
+
+
+def test_times_never_go_backwards_when_events_arrive_stamped_out_of_order():
+    # One poller wake-up stamps all its reads with the wake-up time, while the
+    # writes made in between are stamped as they happen, a little later.
+    writer = SessionWriter({"seed": 1}, start=10.0)
+    writer.connected(1, "127.0.0.1:1", 10.0)
+    writer.connected(2, "127.0.0.1:2", 10.0)
+    writer.received(1, b"H004", 11.0)
+    writer.sent(2, b"H", 11.000_4)
+    writer.received(2, b"H004", 11.0)  # read in the same wake-up as connection 1's
+    writer.sent(2, b"H", 11.000_5)
+    session = parse_session(writer.take().splitlines())
+    times = [event.time for event in session.events]
+    assert times == sorted(times)
+    assert times[-3:] == [pytest.approx(1.0004), pytest.approx(1.0004), pytest.approx(1.0005)]
+    assert [event.kind for event in session.events][-3:] == ["send", "recv", "send"]
