@@ -35,7 +35,6 @@ is not compared.
 
 from __future__ import annotations
 
-import bisect
 import json
 import time
 from typing import Any, Callable
@@ -57,6 +56,12 @@ from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
 # microsecond, so a timer's message and the client's answer to it may land
 # a hair apart in either order; anything longer is a divergence.
 IN_PROCESS_TOLERANCE = 0.0001
+# How close (seconds) two recorded events must be to count as simultaneous:
+# a few wake-ups of the server's poller, as a proxy busy relaying sees them.
+SIMULTANEOUS_SECONDS = 0.005
+# After the last event, how long the lobby lists may take to reach the state
+# the recording ends with (beyond the snapshot delay, in process).
+FINAL_LOBBY_SECONDS = 0.2
 # Live: after the last event, how long to listen for messages nobody expects.
 LIVE_SETTLE_SECONDS = 0.1
 RECEIVE_SIZE = 65536
@@ -289,23 +294,238 @@ class ReplayResult:
 # What the session expects
 
 
+# Keys of a JSON message that carry the lobby list: state, compared as such.
+LOBBY_KEYS = frozenset({"unpaired", "lobby_state", "spectatable", "players"})
+
+
+def lobby_keys(raw: bytes) -> frozenset[str]:
+    """The lobby keys of a ``J`` message (none for any other message)."""
+    body = _json_body(raw)
+    return LOBBY_KEYS.intersection(body) if isinstance(body, dict) else frozenset()
+
+
+def is_lobby_list(raw: bytes) -> bool:
+    """A lobby snapshot: a ``J`` message that holds nothing but the lobby list."""
+    body = _json_body(raw)
+    return isinstance(body, dict) and bool(body) and LOBBY_KEYS.issuperset(body)
+
+
+def same_event(expected: bytes, actual: bytes, *, exact: bool) -> bool:
+    """Whether ``actual`` is the recorded message, leaving aside any lobby list it carries.
+
+    ``exact``: messages without a lobby list must be equal byte for byte;
+    otherwise ``J`` messages compare parsed.
+    """
+    if expected == actual:
+        return True
+    expected_json, actual_json = _json_body(expected), _json_body(actual)
+    if expected_json is None or actual_json is None:
+        return False
+    if isinstance(expected_json, dict) and isinstance(actual_json, dict):
+        if LOBBY_KEYS.intersection(expected_json) or LOBBY_KEYS.intersection(actual_json):
+            # A leave_room carries the lobby of its moment: compared as state.
+            return _without_lobby(expected_json) == _without_lobby(actual_json)
+    return not exact and expected_json == actual_json
+
+
+def _without_lobby(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key not in LOBBY_KEYS}
+
+
+@attrs.frozen
+class _Message:
+    raw: bytes
+    time: float  # when it was recorded
+    index: int  # among the messages recorded for its connection
+
+
 @attrs.define(eq=False)
-class _Recorded:
-    """The server's recorded bytes to one connection, with the time of each chunk."""
+class _Expected:
+    """What the recording shows the server sent one connection.
 
-    data: bytearray = attrs.Factory(bytearray)
-    chunk_ends: list[int] = attrs.Factory(list)
-    chunk_times: list[float] = attrs.Factory(list)
+    Lobby lists are apart from the other messages: how many lists a client
+    gets, and when, depends on where the snapshot timer fell between client
+    events (see docs/recording.md, "Lobby lists are state").
+    """
 
-    def add(self, data: bytes, moment: float) -> None:
-        self.data += data
-        self.chunk_ends.append(len(self.data))
-        self.chunk_times.append(moment)
+    messages: list[_Message] = attrs.Factory(list)  # every message but the lobby lists
+    lists: list[_Message] = attrs.Factory(list)
+    count: int = 0  # every message
+    # The lobby this connection was last shown, when the recording ends settled
+    # with the connection still open in the lobby: the replay must end there too.
+    final_list: _Message | None = None
 
-    def time_at(self, offset: int) -> float | None:
-        """When the byte at ``offset`` was recorded (None past the end)."""
-        index = bisect.bisect_right(self.chunk_ends, offset)
-        return self.chunk_times[index] if index < len(self.chunk_times) else None
+    def add(self, raw: bytes, moment: float) -> None:
+        message = _Message(raw, moment, self.count)
+        self.count += 1
+        (self.lists if is_lobby_list(raw) else self.messages).append(message)
+
+
+# Per connection: (messages other than lobby lists, lobby lists) received.
+Needed = dict[int, tuple[int, int]]
+
+
+@attrs.define(eq=False)
+class _Plan:
+    """A session's client events with, for each, what must have arrived before it."""
+
+    expected: dict[int, _Expected]
+    client_events: list[Event]
+    needed_before: list[Needed]
+    needed_at_end: Needed
+
+
+def plan(events: tuple[Event, ...], *, heartbeats: bool) -> _Plan:
+    """Split the recorded server bytes into messages and note the causality waits.
+
+    ``heartbeats``: whether pings are expected (in process) or skipped (live).
+    Before a client event, a connection must have received every message
+    other than a lobby list recorded before it, and a lobby list if one was
+    recorded before it (the answer to a registration is one).
+    """
+    splitters: dict[int, MessageSplitter] = {}
+    expected: dict[int, _Expected] = {}
+    client_events: list[Event] = []
+    needed_before: list[Needed] = []
+    closed: set[int] = set()
+    last_client_event = -1
+    last_list_at: dict[int, int] = {}
+
+    def needed() -> Needed:
+        return {
+            connection: (len(recorded.messages), min(1, len(recorded.lists)))
+            for connection, recorded in expected.items()
+        }
+
+    for position, event in enumerate(events):
+        if event.kind == "send":
+            splitter = splitters.setdefault(event.connection, MessageSplitter())
+            recorded = expected.setdefault(event.connection, _Expected())
+            for raw in splitter.feed(event.data):
+                if heartbeats or not is_heartbeat(raw):
+                    recorded.add(raw, event.time)
+                    if lobby_keys(raw):
+                        last_list_at[event.connection] = position
+        elif event.kind in CLIENT_EVENTS:
+            needed_before.append(needed())
+            client_events.append(event)
+            last_client_event = position
+            expected.setdefault(event.connection, _Expected())
+            if event.kind == "close":
+                closed.add(event.connection)
+    for connection, recorded in expected.items():
+        ends_in_lobby = recorded.lists and (
+            not recorded.messages or recorded.messages[-1].index < recorded.lists[-1].index
+        )
+        if (
+            ends_in_lobby
+            and connection not in closed
+            and last_list_at.get(connection, -1) > last_client_event
+        ):
+            recorded.final_list = recorded.lists[-1]
+    # A message cut short where the recording ends is not expected.
+    return _Plan(expected, client_events, needed_before, needed())
+
+
+@attrs.define(eq=False)
+class _Received:
+    """What one connection has received in the replay, checked as it arrives."""
+
+    connection: int  # its id in the session file
+    expected: _Expected
+    exact: bool  # in process: byte for byte
+    splitter: MessageSplitter = attrs.Factory(MessageSplitter)
+    matched: int = 0  # messages other than lobby lists, as recorded
+    lists: int = 0  # lobby lists received
+    lists_matched: int = 0  # of which equal to a recorded one, in recorded order
+    _next_list: int = 0
+    latest_list: bytes | None = None  # the lobby this connection was last shown
+    # Recorded messages that arrived ahead of an earlier one of the same instant.
+    _early: set[int] = attrs.Factory(set)
+    early_matches: int = 0
+
+    def check(self, raw: bytes, now: float) -> Divergence | None:
+        """Compare one whole message; return the divergence if it is one."""
+        if is_lobby_list(raw):
+            self._lobby(raw)
+            return None
+        messages = self.expected.messages
+        while self.matched in self._early:
+            self._early.discard(self.matched)
+            self.matched += 1
+        if self.matched >= len(messages):
+            return Divergence(self.connection, self.expected.count, None, raw, now,
+                              "unexpected_message")
+        expected = messages[self.matched]
+        if not same_event(expected.raw, raw, exact=self.exact):
+            later = self._simultaneous_match(raw)
+            if later is None:
+                return Divergence(self.connection, expected.index, expected.raw, raw, now,
+                                  "message_differs", expected.time)
+            self._early.add(later)
+            self.early_matches += 1
+            return None
+        if lobby_keys(raw):
+            self._lobby(raw)
+        self.matched += 1
+        while self.matched in self._early:
+            self._early.discard(self.matched)
+            self.matched += 1
+        return None
+
+    def _simultaneous_match(self, raw: bytes) -> int | None:
+        """A later recorded message equal to ``raw`` and recorded at the same instant
+        as the one expected now: two causes (this client's own request and its
+        opponent's, say) whose answers a recording cannot order."""
+        messages = self.expected.messages
+        first = messages[self.matched].time
+        for position in range(self.matched + 1, len(messages)):
+            message = messages[position]
+            if message.time - first > SIMULTANEOUS_SECONDS:
+                break
+            if position not in self._early and same_event(message.raw, raw, exact=self.exact):
+                return position
+        return None
+
+    def _lobby(self, raw: bytes) -> None:
+        self.lists += 1
+        self.latest_list = raw
+        recorded = self.expected.lists
+        for position in range(self._next_list, len(recorded)):
+            if messages_equal(recorded[position].raw, raw):
+                self.lists_matched += 1
+                self._next_list = position + 1
+                return
+
+    def short_of(self, needed: tuple[int, int]) -> bool:
+        return self.matched < needed[0] or self.lists < needed[1]
+
+    @property
+    def messages_matched(self) -> int:
+        return self.matched + len(self._early) + self.lists_matched
+
+    def missing(self, now: float, reason: str) -> Divergence:
+        """The divergence of a connection still waiting for a recorded message."""
+        if self.matched < len(self.expected.messages):
+            message = self.expected.messages[self.matched]
+        else:
+            message = self.expected.lists[0]
+        return Divergence(self.connection, message.index, message.raw, None, now, reason,
+                          message.time)
+
+    @property
+    def lobby_settled(self) -> bool:
+        """Whether the lobby it was last shown is the one the recording ends with."""
+        final = self.expected.final_list
+        return final is None or (
+            self.latest_list is not None and messages_equal(final.raw, self.latest_list)
+        )
+
+    def lobby_divergence(self, now: float) -> Divergence:
+        final = self.expected.final_list
+        assert final is not None
+        return Divergence(self.connection, final.index, final.raw, self.latest_list, now,
+                          "lobby_differs_at_the_end", final.time)
 
 
 def played_events(session: Session) -> tuple[Event, ...]:
@@ -316,65 +536,20 @@ def played_events(session: Session) -> tuple[Event, ...]:
     return session.events
 
 
-def _messages_with_offsets(data: bytes) -> list[tuple[int, bytes]]:
-    result, offset = [], 0
-    for raw in split_messages(data):
-        result.append((offset, raw))
-        offset += len(raw)
-    return result
-
-
-def _byte_divergence(
-    connection: int,
-    expected: _Recorded,
-    actual: bytes,
-    now: float,
-    reason: str | None = None,
-) -> Divergence:
-    """Name the first message where ``actual`` stops matching the recorded bytes."""
-    expected_messages = _messages_with_offsets(bytes(expected.data))
-    actual_messages = _messages_with_offsets(actual)
-    index = 0
-    while (
-        index < len(expected_messages)
-        and index < len(actual_messages)
-        and expected_messages[index][1] == actual_messages[index][1]
-    ):
-        index += 1
-    expected_message = expected_messages[index] if index < len(expected_messages) else None
-    actual_message = actual_messages[index][1] if index < len(actual_messages) else None
-    if reason is None:
-        if expected_message is None:
-            reason = "unexpected_message"
-        elif actual_message is None:
-            reason = "message_missing"
-        else:
-            reason = "message_differs"
-    return Divergence(
-        connection=connection,
-        message_index=index,
-        expected=expected_message[1] if expected_message else None,
-        actual=actual_message,
-        time=now,
-        reason=reason,
-        expected_time=expected.time_at(expected_message[0]) if expected_message else None,
-    )
-
-
 # ---------------------------------------------------------------------------
 # In process, on the virtual clock
 
 
 class _Observer:
-    """The replayed server's recorder: compares each write with the recording as it happens."""
+    """The replayed server's recorder: checks each message as the server writes it."""
 
-    def __init__(self, expected: dict[int, _Recorded], base: float, stop: Callable[[], None]):
+    def __init__(self, expected: dict[int, _Expected], base: float, stop: Callable[[], None]):
         self.expected = expected
         self.base = base
         self._stop = stop
         self.recorded_id: dict[int, int] = {}  # the replayed server's id -> id in the file
         self.next_recorded_id: int | None = None
-        self.actual: dict[int, bytearray] = {}
+        self.connections: dict[int, _Received] = {}
         # At most one per connection; several can happen at the same instant.
         self.divergences: dict[int, Divergence] = {}
         self.progress = trio.Event()
@@ -387,25 +562,28 @@ class _Observer:
         return min(self.divergences.values(), key=lambda d: (d.time, d.connection))
 
     def connected(self, connection_id: int, peer: str, now: float) -> None:
-        if self.next_recorded_id is not None:
-            self.recorded_id[connection_id] = self.next_recorded_id
-            self.actual[self.next_recorded_id] = bytearray()
+        recorded = self.next_recorded_id
+        if recorded is not None:
+            self.recorded_id[connection_id] = recorded
+            self.connections[recorded] = _Received(
+                recorded, self.expected.get(recorded) or _Expected(), exact=True
+            )
             self.next_recorded_id = None
 
     def sent(self, connection_id: int, data: bytes, now: float) -> None:
         recorded = self.recorded_id.get(connection_id)
         if recorded is None or recorded in self.divergences:
             return
-        actual = self.actual[recorded]
-        start = len(actual)
-        actual += data
-        expected = self.expected.get(recorded)
-        expected_data = expected.data if expected is not None else b""
-        if expected_data[start : start + len(data)] != data:
-            self.divergences[recorded] = _byte_divergence(
-                recorded, expected or _Recorded(), bytes(actual), now - self.base
-            )
-            self._stop()
+        received = self.connections[recorded]
+        messages = received.splitter.feed(data)
+        if received.splitter.broken:
+            messages.append(received.splitter.rest)
+        for raw in messages:
+            divergence = received.check(raw, now - self.base)
+            if divergence is not None:
+                self.divergences[recorded] = divergence
+                self._stop()
+                break
         self.progress.set()
 
     def received(self, connection_id: int, data: bytes, now: float) -> None:
@@ -417,21 +595,42 @@ class _Observer:
     def closed(self, connection_id: int, reason: str, now: float) -> None:
         pass
 
-    def missing(self, needed: dict[int, int]) -> int | None:
-        """A connection that has not yet received its ``needed`` bytes, if any."""
-        for connection, length in needed.items():
-            if len(self.actual.get(connection, b"")) < length:
+    def missing(self, needed: Needed) -> int | None:
+        """A connection that has not yet received what it ``needed``, if any."""
+        for connection, counts in needed.items():
+            received = self.connections.get(connection)
+            if received is None or received.short_of(counts):
                 return connection
         return None
 
-    async def wait_for(self, needed: dict[int, int], timeout: float) -> int | None:
-        """Wait until every connection has its ``needed`` bytes; else the one still short."""
+    async def wait_for(self, needed: Needed, timeout: float, lobby_timeout: float) -> int | None:
+        """Wait until every connection has what it ``needed``; else the one still short.
+
+        Messages other than lobby lists must come within ``timeout``; a lobby
+        list within ``lobby_timeout``, since the snapshot timer runs on its own.
+        """
+        messages_only = {connection: (count, 0) for connection, (count, _) in needed.items()}
+        for wanted, limit in ((messages_only, timeout), (needed, lobby_timeout)):
+            with trio.move_on_after(limit):
+                while self.missing(wanted) is not None:
+                    self.progress = trio.Event()
+                    await self.progress.wait()
+            short = self.missing(wanted)
+            if short is not None:
+                return short
+        return None
+
+    async def wait_for_final_lobby(self, timeout: float) -> Divergence | None:
+        """Wait until every connection shows the lobby the recording ends with."""
         with trio.move_on_after(timeout):
-            while (short := self.missing(needed)) is not None:
+            while unsettled := [r for r in self.connections.values() if not r.lobby_settled]:
                 self.progress = trio.Event()
                 await self.progress.wait()
             return None
-        return short
+        return unsettled[0].lobby_divergence(trio.current_time() - self.base)
+
+    def matched(self) -> int:
+        return sum(r.messages_matched for r in self.connections.values())
 
 
 def _peer(text: str, connection: int) -> tuple[str, int]:
@@ -456,39 +655,142 @@ async def replay_in_process(
     recorded one; ``config_overrides`` change recorded settings.  Raises
     ReplayError if no seed is known.  The server and its streams live and
     end inside this call.
+
+    A session recorded by a proxy shows client
+    events in the order the recorder read them, which can differ from the
+    order the server handled them when they came at the same instant on
+    different connections.  When such a session diverges, the replay tries
+    the nearby simultaneous pairs the other way round (see
+    :func:`reordered_events`) and reports the first divergence only if no
+    such order gets further.
     """
     seed = session.seed if seed is None else seed
     if seed is None:
         raise ReplayError("the session records no seed; give one")
     started = time.perf_counter()
     events = played_events(session)
-    expected: dict[int, _Recorded] = {}
-    for event in events:
-        if event.kind == "send":
-            expected.setdefault(event.connection, _Recorded()).add(event.data, event.time)
+    result = await _replay_events(events, session, seed, tolerance, config_overrides)
+    if result.divergence is not None and session.settings.get("recorded_by") == "proxy":
+        attempts = 0
+        best = result
+        tried: set[tuple[int, int]] = set()
+        while best.divergence is not None and attempts < MAX_REORDERINGS:
+            candidate = reordered_events(events, best.divergence, tried)
+            if candidate is None:
+                break
+            attempts += 1
+            retry = await _replay_events(
+                candidate, session, seed, tolerance, config_overrides
+            )
+            if _further(retry, best):
+                events, best = candidate, retry
+                tried.clear()
+        if best.divergence is None:
+            result = best
+    return attrs.evolve(result, real_seconds=time.perf_counter() - started)
+
+
+# How many alternative orders of simultaneous client events an in-process
+# replay tries.
+MAX_REORDERINGS = 32
+
+
+def reordered_events(
+    events: tuple[Event, ...], divergence: Divergence, tried: set[tuple[int, int]]
+) -> tuple[Event, ...] | None:
+    """``events`` with one client event of the divergent connection moved, or None.
+
+    The event is moved across the client events of other connections recorded
+    within SIMULTANEOUS_SECONDS of it, as if the server had handled them the
+    other way round: a divergence near time T on connection C comes from C's
+    events being handled too early (moved later) or too late (moved earlier).
+    Moves already in ``tried`` are skipped; the one returned is added.
+    """
+    limit = divergence.expected_time if divergence.expected_time is not None else divergence.time
+    connection = divergence.connection
+    for move in _moves(events, connection, limit):
+        if move not in tried:
+            tried.add(move)
+            source, target = move
+            moved = list(events)
+            moved.insert(target, moved.pop(source))
+            return tuple(moved)
+    return None
+
+
+def _moves(events: tuple[Event, ...], connection: int, limit: float) -> list[tuple[int, int]]:
+    """Candidate moves (from index, to index) of ``connection``'s client events near ``limit``."""
+    moves: list[tuple[int, int]] = []
+    own = [
+        index for index, event in enumerate(events)
+        if event.connection == connection and event.kind in CLIENT_EVENTS
+        and abs(event.time - limit) <= 2 * SIMULTANEOUS_SECONDS
+    ]
+    for index in sorted(own, key=lambda i: abs(events[i].time - limit)):
+        moment = events[index].time
+        # Later: past the following simultaneous client events of other connections.
+        target = index
+        for later in range(index + 1, len(events)):
+            event = events[later]
+            if event.time - moment > SIMULTANEOUS_SECONDS or event.connection == connection:
+                break
+            if event.kind in CLIENT_EVENTS:
+                target = later
+        if target != index:
+            moves.append((index, target))
+        # Earlier: before the preceding simultaneous client events of other connections.
+        target = index
+        for earlier in range(index - 1, -1, -1):
+            event = events[earlier]
+            if moment - event.time > SIMULTANEOUS_SECONDS or event.connection == connection:
+                break
+            if event.kind in CLIENT_EVENTS:
+                target = earlier
+        if target != index:
+            moves.append((index, target))
+    return moves
+
+
+def _further(retry: ReplayResult, best: ReplayResult) -> bool:
+    """Whether ``retry`` got further into the session than ``best``."""
+    if retry.divergence is None:
+        return True
+    assert best.divergence is not None
+    return (retry.client_events, retry.messages) > (best.client_events, best.messages)
+
+
+async def _replay_events(
+    events: tuple[Event, ...],
+    session: Session,
+    seed: int,
+    tolerance: float,
+    config_overrides: dict[str, Any],
+) -> ReplayResult:
+    started = time.perf_counter()
+    steps = plan(events, heartbeats=True)
     base = trio.current_time()
     played = 0
     driver = trio.CancelScope()
-    observer = _Observer(expected, base, driver.cancel)
+    observer = _Observer(steps.expected, base, driver.cancel)
     server = Server(config_for_replay(session.settings, **config_overrides), seed=seed,
                     recorder=observer, database=players_for_replay(session),
                     database_in_thread=False)
     clients: dict[int, trio.abc.HalfCloseableStream] = {}
-    needed: dict[int, int] = {}
     divergence: Divergence | None = None
+
+    def lobby_wait() -> float:
+        return server.core.snapshot_delay() + FINAL_LOBBY_SECONDS
+
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         with driver:
-            for event in events:
-                if event.kind == "send":
-                    needed[event.connection] = needed.get(event.connection, 0) + len(event.data)
-                    continue
+            for event, needed in zip(steps.client_events, steps.needed_before):
                 await trio.sleep_until(base + event.time)
                 # Let everything due by now happen first, as it did when recorded.
                 await trio.testing.wait_all_tasks_blocked()
-                short = await observer.wait_for(needed, tolerance)
+                short = await observer.wait_for(needed, tolerance, lobby_wait())
                 if short is not None:
-                    divergence = _missing(observer, expected, short, trio.current_time() - base)
+                    divergence = _missing(observer, short, base)
                     break
                 divergence = await _play_in_process(server, observer, clients, event, base)
                 if divergence is not None:
@@ -497,9 +799,12 @@ async def replay_in_process(
             else:
                 await trio.sleep_until(base + (events[-1].time if events else 0.0))
                 await trio.testing.wait_all_tasks_blocked()
-                short = await observer.wait_for(needed, tolerance)
+                short = await observer.wait_for(steps.needed_at_end, tolerance, lobby_wait())
                 if short is not None:
-                    divergence = _missing(observer, expected, short, trio.current_time() - base)
+                    divergence = _missing(observer, short, base)
+                else:
+                    # The last lobby lists may still be on the snapshot timer.
+                    divergence = await observer.wait_for_final_lobby(lobby_wait())
         if observer.divergences:
             # Let the rest of that instant happen, so that the report does not
             # depend on which connection's writer the scheduler ran first.
@@ -509,34 +814,19 @@ async def replay_in_process(
         mode="in_process",
         connections=len({e.connection for e in events if e.kind == "connect"}),
         client_events=played,
-        messages=_matched(observer, expected),
+        messages=observer.matched(),
         session_seconds=events[-1].time if events else 0.0,
         real_seconds=time.perf_counter() - started,
         divergence=observer.divergence or divergence,
     )
 
 
-def _missing(
-    observer: _Observer, expected: dict[int, _Recorded], connection: int, now: float
-) -> Divergence:
-    return _byte_divergence(
-        connection, expected[connection], bytes(observer.actual.get(connection, b"")), now,
-        reason="message_missing",
-    )
-
-
-def _matched(observer: _Observer, expected: dict[int, _Recorded]) -> int:
-    """How many whole messages the server sent as recorded, before any divergence."""
-    count = 0
-    for connection, actual in observer.actual.items():
-        recorded = expected[connection].data if connection in expected else b""
-        offset = 0
-        for raw in split_messages(bytes(actual)):
-            if recorded[offset : offset + len(raw)] != raw:
-                break
-            offset += len(raw)
-            count += 1
-    return count
+def _missing(observer: _Observer, connection: int, base: float) -> Divergence:
+    received = observer.connections.get(connection)
+    now = trio.current_time() - base
+    if received is None:
+        return Divergence(connection, 0, None, None, now, "connection_refused")
+    return received.missing(now, "message_missing")
 
 
 async def _play_in_process(
@@ -554,7 +844,7 @@ async def _play_in_process(
         observer.next_recorded_id = connection
         server.open_stream(server_end, _peer(event.text, connection))
         await trio.testing.wait_all_tasks_blocked()
-        if connection not in observer.actual:
+        if connection not in observer.connections:
             observer.next_recorded_id = None
             return Divergence(connection, 0, None, None, now, "connection_refused")
         return None
@@ -567,9 +857,10 @@ async def _play_in_process(
         else:  # close: the server has ended it, or the client vanished now
             await client.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
+        received = observer.connections[connection]
         return Divergence(
-            connection, len(split_messages(bytes(observer.actual[connection]))), None, None,
-            now, "connection_closed_early",
+            connection, received.matched + received.lists, None, None, now,
+            "connection_closed_early",
         )
     return None
 
@@ -589,10 +880,8 @@ def replay_in_process_sync(session: Session, **options: Any) -> ReplayResult:
 @attrs.define(eq=False)
 class _LiveConnection:
     id: int  # in the session file
-    expected: list[tuple[bytes, float]]  # non-ping messages with their recorded times
+    received: _Received
     stream: trio.SocketStream | None = None
-    splitter: MessageSplitter = attrs.Factory(MessageSplitter)
-    received: int = 0  # messages that matched so far
     server_closed: bool = False
     client_closed: bool = False
 
@@ -601,32 +890,19 @@ class _LiveReplay:
     def __init__(self, session: Session, host: str, port: int, timeout: float) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.events = played_events(session)
+        self.plan = plan(self.events, heartbeats=False)
         self.connections: dict[int, _LiveConnection] = {}
         self.divergence: Divergence | None = None
         self.changed = trio.Event()
         self.start = 0.0
         self.driver = trio.CancelScope()
         self.played = 0
-        # Per client event: how many messages each connection must have received first.
-        self.needed_before: list[dict[int, int]] = []
-        splitters: dict[int, MessageSplitter] = {}
-        expected: dict[int, list[tuple[bytes, float]]] = {}
-        counts: dict[int, int] = {}
-        for event in self.events:
-            if event.kind == "send":
-                splitter = splitters.setdefault(event.connection, MessageSplitter())
-                for raw in splitter.feed(event.data):
-                    if not is_heartbeat(raw):
-                        expected.setdefault(event.connection, []).append((raw, event.time))
-                        counts[event.connection] = counts.get(event.connection, 0) + 1
-            elif event.kind in CLIENT_EVENTS:
-                self.needed_before.append(dict(counts))
-                if event.kind == "connect":
-                    self.connections[event.connection] = _LiveConnection(
-                        event.connection, expected.setdefault(event.connection, [])
-                    )
-        # A message cut short where the recording ends is not expected.
-        self.needed_at_end = {c: len(e) for c, e in expected.items()}
+        for event in self.plan.client_events:
+            if event.kind == "connect":
+                expected = self.plan.expected.setdefault(event.connection, _Expected())
+                self.connections[event.connection] = _LiveConnection(
+                    event.connection, _Received(event.connection, expected, exact=False)
+                )
 
     def now(self) -> float:
         return trio.current_time() - self.start
@@ -658,7 +934,7 @@ class _LiveReplay:
             mode="live",
             connections=len(self.connections),
             client_events=self.played,
-            messages=sum(c.received for c in self.connections.values()),
+            messages=sum(c.received.messages_matched for c in self.connections.values()),
             session_seconds=self.events[-1].time if self.events else 0.0,
             real_seconds=time.perf_counter() - started,
             divergence=self.divergence,
@@ -667,54 +943,67 @@ class _LiveReplay:
     async def _drive(self, nursery: trio.Nursery) -> None:
         previous_recorded = 0.0
         previous_real = self.start
-        step = 0
-        for event in self.events:
-            if event.kind not in CLIENT_EVENTS:
-                continue
+        for event, needed in zip(self.plan.client_events, self.plan.needed_before):
             # Keep at least the recorded gap since the previous client event.
             await trio.sleep_until(previous_real + (event.time - previous_recorded))
-            if not await self._wait_for(self.needed_before[step]):
+            if not await self._wait_for(needed):
                 return
-            step += 1
             previous_recorded, previous_real = event.time, trio.current_time()
             if not await self._play(event, nursery):
                 return
             self.played += 1
-        if not await self._wait_for(self.needed_at_end):
+        if not await self._wait_for(self.plan.needed_at_end):
+            return
+        if not await self._wait_for_final_lobby():
             return
         # Anything the server sends now was not recorded; give it a moment to show.
         await trio.sleep(min(LIVE_SETTLE_SECONDS, self.timeout))
 
-    async def _wait_for(self, needed: dict[int, int]) -> bool:
-        """Wait until each connection received its ``needed`` messages; False on divergence."""
+    async def _wait_for(self, needed: Needed) -> bool:
+        """Wait until each connection received what it ``needed``; False on divergence."""
+
+        def short() -> list[_LiveConnection]:
+            return [
+                c for c in self.connections.values()
+                if c.id in needed and c.received.short_of(needed[c.id])
+            ]
+
         with trio.move_on_after(self.timeout):
             while True:
                 if self.divergence is not None:
                     return False
-                short = [
-                    c for c in self.connections.values()
-                    if c.received < needed.get(c.id, 0)
-                ]
-                if not short:
+                waiting = short()
+                if not waiting:
                     return True
-                closed = [c for c in short if c.server_closed]
+                closed = [c for c in waiting if c.server_closed]
                 if closed:
                     self._report_missing(closed, "connection_closed_by_server")
                     return False
                 self.changed = trio.Event()
                 await self.changed.wait()
-        short = [c for c in self.connections.values() if c.received < needed.get(c.id, 0)]
-        if self.divergence is not None or not short:
+        waiting = short()
+        if self.divergence is not None or not waiting:
             return self.divergence is None
-        self._report_missing(short, f"message_missing_after_{self.timeout:g}_s")
+        self._report_missing(waiting, f"message_missing_after_{self.timeout:g}_s")
+        return False
+
+    async def _wait_for_final_lobby(self) -> bool:
+        """Wait until each connection shows the lobby the recording ends with."""
+        with trio.move_on_after(self.timeout):
+            while unsettled := [
+                c for c in self.connections.values() if not c.received.lobby_settled
+            ]:
+                if self.divergence is not None:
+                    return False
+                self.changed = trio.Event()
+                await self.changed.wait()
+            return self.divergence is None
+        self.diverge(unsettled[0].received.lobby_divergence(self.now()))
         return False
 
     def _report_missing(self, short: list[_LiveConnection], reason: str) -> None:
-        first = min(short, key=lambda c: c.expected[c.received][1])
-        raw, recorded_at = first.expected[first.received]
-        self.diverge(
-            Divergence(first.id, first.received, raw, None, self.now(), reason, recorded_at)
-        )
+        divergences = [c.received.missing(self.now(), reason) for c in short]
+        self.diverge(min(divergences, key=lambda d: d.expected_time or 0.0))
 
     async def _play(self, event: Event, nursery: trio.Nursery) -> bool:
         connection = self.connections[event.connection]
@@ -750,6 +1039,7 @@ class _LiveReplay:
     async def _read(self, connection: _LiveConnection) -> None:
         stream = connection.stream
         assert stream is not None
+        splitter = connection.received.splitter
         while True:
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
@@ -760,28 +1050,21 @@ class _LiveReplay:
                     connection.server_closed = True
                 self.changed.set()
                 return
-            for raw in connection.splitter.feed(data):
+            for raw in splitter.feed(data):
                 if is_heartbeat(raw):
                     continue
                 if not self._check(connection, raw):
                     return
-            if connection.splitter.broken:
-                self._check(connection, connection.splitter.rest)
+            if splitter.broken:
+                self._check(connection, splitter.rest)
                 return
             self.changed.set()
 
     def _check(self, connection: _LiveConnection, raw: bytes) -> bool:
-        index = connection.received
-        if index >= len(connection.expected):
-            self.diverge(Divergence(connection.id, index, None, raw, self.now(),
-                                    "unexpected_message"))
+        divergence = connection.received.check(raw, self.now())
+        if divergence is not None:
+            self.diverge(divergence)
             return False
-        expected, recorded_at = connection.expected[index]
-        if not messages_equal(expected, raw):
-            self.diverge(Divergence(connection.id, index, expected, raw, self.now(),
-                                    "message_differs", recorded_at))
-            return False
-        connection.received += 1
         return True
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from contextlib import asynccontextmanager
+import sys
+import time
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Any, Sequence
 
 import trio
 
@@ -16,43 +17,119 @@ from netplay.testing import ScriptedClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- child processes that log JSON lines on stderr ----------------------------------------
+# -- child processes: the server and the tools --------------------------------------------
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
 
 
-@asynccontextmanager
-async def json_logging_process(argv: Sequence[str]) -> AsyncIterator[trio.Process]:
-    """Run ``argv`` from the project root with stderr piped, for :func:`read_json_line`.
+def server_command(*options: str) -> list[str]:
+    """``netplay-server`` on a free loopback port, logging JSON, keeping its player
+    database in memory, with ``options`` added (a later option wins)."""
+    return [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1",
+            "--port", "0", "--log-format", "json", *options]
 
-    A child still running when the block ends (a test that failed half-way)
-    is killed, so no server or proxy outlives its test.
+
+def tool_command(tool: str, *options: str) -> list[str]:
+    """``tools/TOOL.py`` with ``options``."""
+    return [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *options]
+
+
+class LoggingProcess:
+    """A child process (the server, or a tool) whose stderr goes to a log file.
+
+    The one way the tests start a process: from the project root, stdin and
+    stdout closed, every JSON line of its log readable with :meth:`records`
+    at any moment.  ``wait_for`` names a log event to wait for before the
+    constructor returns (``listening`` for a server); its port is then in
+    :attr:`port`.  Use it as a context manager or call :meth:`stop`: a child
+    still running is stopped with SIGTERM, then killed, so that none
+    outlives its test.
     """
-    process = await trio.lowlevel.open_process(
-        list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-    )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
+    def __init__(self, argv: Sequence[str], log_path: Path, *,
+                 wait_for: str | None = "listening") -> None:
+        self.log_path = log_path
+        self._log_file = open(log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._log_file, cwd=ROOT,
+        )
+        self.pid = self.process.pid
+        self.port: int | None = None
+        if wait_for is not None:
+            record = self.wait_for_record(wait_for)
+            self.port = record.get("port")
 
-async def read_json_line(stream: trio.abc.ReceiveStream, event: str) -> dict:
-    """The first JSON log line on ``stream`` whose ``event`` is ``event``; others are skipped."""
-    buffer = b""
-    while True:
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+    def __enter__(self) -> LoggingProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete JSON log line written so far."""
+        records = []
+        for line in self.log_path.read_bytes().splitlines():
             try:
-                entry = json.loads(line)
+                records.append(json.loads(line))
             except ValueError:
-                continue
-            if entry.get("event") == event:
-                return entry
-        data = await stream.receive_some(65536)
-        if not data:
-            raise AssertionError(f"the process ended before logging {event!r}")
-        buffer += data
+                pass  # a line still being written, or not JSON
+        return records
+
+    def events(self) -> list[str]:
+        return [record.get("event") for record in self.records()]
+
+    def _first(self, event: str) -> dict[str, Any] | None:
+        return next((r for r in self.records() if r.get("event") == event), None)
+
+    def wait_for_record(self, event: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """The first log record of ``event``, waiting for it (blocking) if need be."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self._first(event)
+            if record is not None:
+                return record
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        record = self._first(event)
+        if record is not None:
+            return record
+        self.stop()
+        raise AssertionError(f"no {event!r} in the log of {self.process.args}:\n{self.text()}")
+
+    async def wait_for_event(self, event: str, timeout: float = 2.0) -> dict[str, Any]:
+        """The first log record of ``event``, once it has been written (in a trio test)."""
+        with trio.fail_after(timeout):
+            while (record := self._first(event)) is None:
+                await trio.sleep(0.02)
+        return record
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait_for_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """The exit status, waiting for it in a trio test."""
+        with trio.fail_after(timeout):
+            while (status := self.process.poll()) is None:
+                await trio.sleep(0.02)
+        return status
+
+    def stop(self) -> int:
+        """SIGTERM if still running, then the exit status (killed if it does not end)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
 
 
 # -- scripted players ----------------------------------------------------------------------

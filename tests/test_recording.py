@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 
 import pytest
 import trio
@@ -27,7 +26,7 @@ from netplay.replay import replay_in_process
 from netplay.testing import ScriptedClient, connect_in_process, pair_up, running_server
 from netplay.wire import encode_json
 
-from helpers import json_logging_process, read_json_line, start_match_in_turn
+from helpers import LoggingProcess, server_command, start_match_in_turn
 
 def sample_writer() -> SessionWriter:
     writer = SessionWriter({"seed": 3, "note": "ünïcode"}, start=100.0)
@@ -177,13 +176,11 @@ async def test_the_file_is_flushed_while_recording_and_complete_after(tmp_path):
 
 async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp_path):
     record_dir = tmp_path / "recordings"
-    async with json_logging_process(
-        [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1", "--port", "0",
-         "--log-format", "json", "--seed", "11", "--record", str(record_dir)],
+    with LoggingProcess(
+        server_command("--seed", "11", "--record", str(record_dir)), tmp_path / "server.log"
     ) as process:
         with trio.fail_after(10):
-            listening = await read_json_line(process.stderr, "listening")
-            port = listening["port"]
+            port = process.port
             alice = ScriptedClient(await trio.open_tcp_stream("127.0.0.1", port))
             await alice.register("alice")
             await alice.receive_json()
@@ -207,7 +204,7 @@ async def test_record_flag_writes_a_complete_file_that_replays_after_sigterm(tmp
             process.send_signal(signal.SIGTERM)
             await bob.expect_closed()
             await bob.aclose()
-            assert await process.wait() == 0
+            assert await process.wait_for_exit() == 0
 
     text = path.read_text()
     assert text.endswith('"server_shutdown"\n')
