@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                         default=defaults.game_over_timeout, metavar="SECONDS",
                         help="after one player's game_over, how long to wait for the other's "
                         "before deciding on the one report (%(default)s)")
+    parser.add_argument("--placement-rule", choices=("2022", "relaxed"),
+                        default=defaults.placement_rule,
+                        help="ranked games of players in placement: 2022 = only against a placed "
+                        "player (a fresh server then never ranks a game); relaxed = two players "
+                        "in placement too (%(default)s)")
+    parser.add_argument("--replays-directory", default=defaults.replays_directory, metavar="DIR",
+                        help="where finished 046 games are written as replay files; empty: "
+                        "none (%(default)s)")
+    parser.add_argument("--leaderboard-limit", type=_bounded_int(1, 100_000),
+                        default=defaults.leaderboard_limit,
+                        help="rows of the leaderboard sent to a client (%(default)s)")
     parser.add_argument("--ping-interval", type=_positive_float, default=defaults.ping_interval)
     parser.add_argument("--idle-timeout", type=_positive_float, default=defaults.idle_timeout)
     parser.add_argument("--handshake-timeout", type=_positive_float,
@@ -151,6 +162,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         database=args.database,
         max_spectators_per_room=args.max_spectators_per_room,
         game_over_timeout=args.game_over_timeout,
+        placement_rule=args.placement_rule,
+        replays_directory=args.replays_directory,
+        leaderboard_limit=args.leaderboard_limit,
         ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
         handshake_timeout=args.handshake_timeout,
@@ -215,7 +229,10 @@ async def _serve_with(config: Config, record_dir: str | None, seed: int, databas
 
     listeners = await open_listeners(config)
     async with open_recorder(record_dir, config, seed) as recorder:
-        server = Server(config, seed=seed, recorder=recorder, database=database)
+        server = Server(
+            config, seed=seed, recorder=recorder, database=database,
+            replays_directory=config.replays_directory or None,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run, listeners)
             tune_garbage_collector()

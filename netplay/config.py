@@ -72,6 +72,14 @@ class Config:
     # client gives up on the room about 5 s after its own report at the earliest).
     max_spectators_per_room: int = 16
     game_over_timeout: float = 4.0
+    # Ranked play: "2022" lets players in placement play ranked only against a
+    # placed player (so a fresh server never ranks a game); "relaxed" also
+    # lets two players in placement play ranked.
+    placement_rule: str = "2022"
+    # Where finished 046 games are written as replay files; "" writes none.
+    replays_directory: str = "replays"
+    # Rows of the leaderboard sent to a client.
+    leaderboard_limit: int = 100
 
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0

@@ -34,6 +34,7 @@ from netplay.dialect import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
 from netplay.lobby import Lobby, PlayerState
 from netplay.lobby046 import Lobby046
+from netplay.ratings import PlacementRule
 from netplay.wire import Decoder
 
 log = structlog.get_logger("netplay.core")
@@ -86,7 +87,8 @@ class Connection:
 class ServerCore:
     """Every connection of one server and the lobby they share.  Sans-IO."""
 
-    def __init__(self, config: Config, *, seed: int) -> None:
+    def __init__(self, config: Config, *, seed: int, run_id: str = "") -> None:
+        """``run_id`` names this server run in stored games (see ``Lobby046``)."""
         self.config = config
         self.seed = seed
         self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length)
@@ -94,6 +96,9 @@ class ServerCore:
             seed=seed,
             max_spectators_per_room=config.max_spectators_per_room,
             game_over_timeout=config.game_over_timeout,
+            placement_rule=PlacementRule(config.placement_rule),
+            leaderboard_limit=config.leaderboard_limit,
+            run_id=run_id,
         )
         self.connections: dict[int, Connection] = {}
         self.connections_per_host: dict[str, int] = {}
@@ -387,9 +392,8 @@ class ServerCore:
         self, connection_id: int, operation: object, outcome: object, now: float
     ) -> list[Action]:
         """The outcome of a ``Store`` action, for the connection that caused it."""
-        connection = self.connections.get(connection_id)
-        if connection is None or connection.phase is not Phase.OPEN:
-            return []
+        # The lobby knows whether the connection is still there, and some
+        # outcomes (a stored game) matter whoever is.
         return self.lobby046.stored(connection_id, operation, outcome, now)
 
     def tick(self, now: float) -> list[Action]:

@@ -325,6 +325,14 @@ def login_successful(
     return message
 
 
+def ban_duration(expires_at: float | None, now: float) -> str:
+    """How long a ban still lasts, as the 2022 server wrote it: ``"12min5sec"``."""
+    if expires_at is None:
+        return "forever"
+    seconds = max(0, int(expires_at - now))
+    return f"{seconds // 60}min{seconds % 60}sec"
+
+
 def login_denied(reason: str, **extra: Any) -> dict[str, Any]:
     return {"login_denied": True, "reason": reason, **extra}
 

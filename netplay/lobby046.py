@@ -41,10 +41,12 @@ import structlog
 
 from netplay import dialect046 as d
 from netplay import messages as m
-from netplay import storage
+from netplay import ratings, storage
 from netplay.actions import Action, Send, Store
 from netplay.errors import LocalProtocolError, RemoteProtocolError
 from netplay.inputs import INPUT_BYTES, encode_for_catch_up
+from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
+from netplay.results import FinishGame
 from netplay.wire import encode_json
 
 log = structlog.get_logger("netplay.lobby046")
@@ -57,7 +59,6 @@ TAUNT_WINDOW = 10.0
 # Inputs kept per player and match for late spectators: one hour at 60 a second.
 MAX_RECORDED_INPUTS = 60 * 60 * 60
 SEED_RANGE = (1, 9_999_999)
-RANKED_UNAVAILABLE = "Ranked matches are not enabled on this server"
 
 
 class PlayerState(enum.Enum):
@@ -94,6 +95,7 @@ ROOM_TRANSITIONS: dict[RoomState, frozenset[RoomState]] = {
 }
 
 _REGISTERED = frozenset(PlayerState) - {PlayerState.UNREGISTERED}
+_SHOWN_IN_LOBBY_LIST = frozenset({PlayerState.LOBBY, PlayerState.ROOM, PlayerState.PLAYING})
 _IN_ROOM = frozenset({PlayerState.ROOM, PlayerState.PLAYING})
 
 ACCEPTED: dict[type, frozenset[PlayerState]] = {
@@ -124,6 +126,8 @@ class Player:
     room: Room | None = None
     seen_version: int = -1
     taunts: collections.deque[float] = attrs.Factory(collections.deque)
+    # Ranked record, once storage has answered after the login.
+    standing: ratings.Standing | None = None
 
     def move(self, new_state: PlayerState) -> None:
         if new_state not in PLAYER_TRANSITIONS[self.state]:
@@ -139,6 +143,7 @@ class Match:
     stage: str
     ranked: bool
     started_at: float
+    number: int  # of the match in its room, from 1
     # Both players' selections as the match started.
     selections: tuple[m.Selections, m.Selections]
     # Every input so far, player 1's and player 2's (the input letters only).
@@ -157,6 +162,12 @@ class Room:
     spectators: list[Player] = attrs.Factory(list)
     match: Match | None = None
     stage: str | None = None  # of the last match
+    matches_played: int = 0
+    # Each player's standing before the room's last rated game, for the
+    # difference shown at select; None before any.
+    standings_before: list[ratings.Standing | None] = attrs.Factory(lambda: [None, None])
+    # The key of a rated game whose new ratings select waits for.
+    awaiting_result: str | None = None
 
     def move(self, new_state: RoomState) -> None:
         if new_state not in ROOM_TRANSITIONS[self.state]:
@@ -188,11 +199,6 @@ _AS_PLAYER_ONE = {byte: bytes((ord("U"), byte)) for byte in INPUT_BYTES}
 _AS_PLAYER_TWO = {byte: bytes((ord("I"), byte)) for byte in INPUT_BYTES}
 
 
-def _empty_ratings() -> list[dict[str, Any]]:
-    # Until ranked play exists every player shows as unrated.
-    return [{"old": 0, "new": 0, "difference": 0, "league": "Newcomer"} for _ in range(2)]
-
-
 class Lobby046:
     """Every 046 player, request and room of one server.  See the module docstring."""
 
@@ -202,10 +208,21 @@ class Lobby046:
         seed: int,
         max_spectators_per_room: int = 16,
         game_over_timeout: float = 4.0,
+        placement_rule: ratings.PlacementRule = ratings.PlacementRule.CLASSIC,
+        leaderboard_limit: int = 100,
+        run_id: str = "",
     ) -> None:
+        """``run_id`` tells this server run's games apart from another run's in storage."""
         self.seed = seed
         self.max_spectators_per_room = max_spectators_per_room
         self.game_over_timeout = game_over_timeout
+        self.placement_rule = placement_rule
+        self.leaderboard_limit = leaderboard_limit
+        self.run_id = run_id
+        # Wall-clock seconds minus the ``now`` the lobby is fed: stored times are wall-clock.
+        self.wall_clock_offset = 0.0
+        # The latest ``now`` fed in, for events that come without one (disconnects).
+        self._last_now = 0.0
         self.players: dict[PlayerId, Player] = {}
         self.names: dict[str, Player] = {}  # by name_key: one name regardless of case
         self.rooms: dict[int, Room] = {}
@@ -245,6 +262,7 @@ class Lobby046:
     def handle(self, player_id: PlayerId, command: object, now: float) -> list[Action]:
         """Apply one command; raise a non-fatal RemoteProtocolError, with nothing applied, to refuse it."""
         player = self.players[player_id]
+        self._last_now = now
         kind = type(command)
         allowed = ACCEPTED.get(kind)
         if allowed is None:
@@ -277,12 +295,29 @@ class Lobby046:
         self, player_id: PlayerId, operation: object, outcome: object, now: float
     ) -> list[Action]:
         """The outcome of a ``Store`` this lobby asked for."""
+        self._last_now = now
+        if type(operation) is FinishGame:
+            # The game is stored whoever is still here; the room may wait for it.
+            assert isinstance(outcome, storage.RecordGameOutcome)
+            return self._game_recorded(operation, outcome)  # type: ignore[arg-type]
         player = self.players.get(player_id)
         if player is None:
             return []  # gone while the database worked
-        if type(operation) is storage.Login:
+        kind = type(operation)
+        if kind is storage.Login:
             assert isinstance(outcome, storage.LoginOutcome)
-            return self._login_outcome(player, operation, outcome)
+            return self._login_outcome(player, operation, outcome, now)
+        if kind is storage.RankedProfiles:
+            assert isinstance(outcome, storage.RankedProfilesOutcome)
+            if player.user_id is not None and player.user_id in outcome.standings:
+                player.standing = outcome.standings[player.user_id]
+                self.version += 1  # the lobby shows ratings
+            return []
+        if kind is storage.Leaderboard:
+            assert isinstance(outcome, storage.LeaderboardOutcome)
+            if outcome.error is not None:
+                log.warning("leaderboard_unavailable", player=player.id, error=outcome.error)
+            return [_send(player, ratings.leaderboard_report(outcome.entries, player.user_id))]
         raise LocalProtocolError(f"no use for the outcome of {operation!r}")
 
     def next_deadline(self) -> float:
@@ -291,6 +326,7 @@ class Lobby046:
 
     def tick(self, now: float) -> list[Action]:
         """Decide matches whose second game_over report is overdue."""
+        self._last_now = now
         sends: list[Action] = []
         for number, due in list(self.decisions_due.items()):
             if now < due:
@@ -356,7 +392,12 @@ class Lobby046:
             )
             for room in self.rooms.values()
         ]
-        return d.lobby_state(unpaired, rooms, {})
+        shown = ratings.lobby_players(
+            (p.name, p.standing)
+            for p in self.players.values()
+            if p.name and p.state in _SHOWN_IN_LOBBY_LIST
+        )
+        return d.lobby_state(unpaired, rooms, shown)
 
     def _lobby_state_to(self, players: list[Player]) -> list[Send]:
         """The current lobby list, now, to players who just came back to the lobby."""
@@ -403,7 +444,7 @@ class Lobby046:
         return [Store(player.id, storage.Login(message.user_id, player.name))]
 
     def _login_outcome(
-        self, player: Player, login: storage.Login, outcome: storage.LoginOutcome
+        self, player: Player, login: storage.Login, outcome: storage.LoginOutcome, now: float
     ) -> list[Action]:
         result = outcome.result
         player.login_answered = True
@@ -418,9 +459,11 @@ class Lobby046:
                 reply = d.login_successful(old_name=outcome.old_name, new_name=player.name)
             else:
                 reply = d.login_successful()
-            sends = [_send(player, reply)]
+            sends: list[Action] = [_send(player, reply)]
             if player.state is PlayerState.LOBBY:
                 sends += self._lobby_state_to([player])
+            assert outcome.user_id is not None
+            sends.append(Store(player.id, storage.RankedProfiles((outcome.user_id,))))
             return sends
         player.login = LoginState.REFUSED
         log.info("login_denied", **context, detail=outcome.reason)
@@ -429,7 +472,10 @@ class Lobby046:
         if result is storage.LoginResult.UNKNOWN_ID:
             return [_send(player, d.login_denied(d.LOGIN_UNKNOWN_ID))]
         if result is storage.LoginResult.BANNED:
-            return [_send(player, d.login_denied(outcome.reason or d.LOGIN_BANNED))]
+            return [_send(player, d.login_denied(
+                outcome.reason or d.LOGIN_BANNED,
+                ban_duration=d.ban_duration(outcome.expires_at, self.wall_clock_offset + now),
+            ))]
         return [_send(player, d.login_denied(d.LOGIN_UNAVAILABLE))]
 
     def _game_request(self, player: Player, message: m.GameRequest, now: float) -> list[Action]:
@@ -480,7 +526,7 @@ class Lobby046:
         first, second = room.players
         sends: list[Action] = []
         if first.selections.ranked or second.selections.ranked:
-            sends += self._to_room(room, d.ranked_match_denied([RANKED_UNAVAILABLE]))
+            sends += self._to_room(room, self._ranked_approval(room).message())
         if first.selections.ready and second.selections.ready:
             return sends + self._start_match(room, now)
         opponent = second if player is first else first
@@ -537,8 +583,7 @@ class Lobby046:
     def _leaderboard_request(
         self, player: Player, message: m.LeaderboardRequest, now: float
     ) -> list[Action]:
-        # No ranked play yet, so nobody is on the leaderboard.
-        return [_send(player, d.leaderboard_report([]))]
+        return [Store(player.id, storage.Leaderboard(player.user_id, self.leaderboard_limit))]
 
     # -- rooms and matches -------------------------------------------------------------
 
@@ -565,9 +610,13 @@ class Lobby046:
         stages = [s for s in (first.selections.stage, second.selections.stage) if s]
         stage = room.rng.choice(stages) if stages else "__RandomStage"
         seed = room.rng.randint(*SEED_RANGE)
+        ranked = (first.selections.ranked or second.selections.ranked) and (
+            self._ranked_approval(room).approved
+        )
+        room.matches_played += 1
         match = Match(
-            seed=seed, stage=stage, ranked=False, started_at=now,
-            selections=(first.selections, second.selections),
+            seed=seed, stage=stage, ranked=ranked, started_at=now,
+            number=room.matches_played, selections=(first.selections, second.selections),
         )
         room.match = match
         room.stage = stage
@@ -575,14 +624,21 @@ class Lobby046:
         for player in room.players:
             player.move(PlayerState.PLAYING)
         self.version += 1
-        log.info("match_started", room=room.number, a=first.name, b=second.name, seed=seed)
+        log.info(
+            "match_started", room=room.number, a=first.name, b=second.name, seed=seed,
+            ranked=ranked,
+        )
         a_settings = d.player_settings(first.selections, 1)
         b_settings = d.player_settings(second.selections, 2)
+        if ranked:
+            for settings, player in ((a_settings, first), (b_settings, second)):
+                standing = player.standing or ratings.Standing()
+                settings["rating"] = ratings.round_rating(standing.current_rating)
         a_view = encode_json(
-            d.match_start(seed=seed, stage=stage, ranked=False, own=a_settings, other=b_settings)
+            d.match_start(seed=seed, stage=stage, ranked=ranked, own=a_settings, other=b_settings)
         )
         b_view = encode_json(
-            d.match_start(seed=seed, stage=stage, ranked=False, own=b_settings, other=a_settings)
+            d.match_start(seed=seed, stage=stage, ranked=ranked, own=b_settings, other=a_settings)
         )
         sends: list[Action] = [Send(first.id, a_view), Send(second.id, b_view)]
         sends += [Send(spectator.id, a_view) for spectator in room.spectators]
@@ -607,12 +663,79 @@ class Lobby046:
             "match_ended", room=room.number, outcome=outcome, decided_by=decided_by,
             win_counts=list(room.win_counts), seconds=round(now - match.started_at, 1),
         )
+        finish = self._finish(room, match, outcome, decided_by, now)
+        sends.append(Store(room.players[0].id, finish))
+        if match.ranked and outcome in (1, 2):
+            # Select shows the new ratings: it waits for storage (milliseconds).
+            room.awaiting_result = finish.key
+            return sends
         return sends + self._send_room_init(room, character_select=True)
+
+    def _finish(
+        self, room: Room, match: Match, outcome: int, decided_by: str, now: float
+    ) -> FinishGame:
+        """What storage keeps of a match that ended (or was abandoned)."""
+        match_players = tuple(
+            MatchPlayer(
+                name=player.name or "",
+                user_id=player.user_id if player.login is LoginState.LOGGED_IN else None,
+                level=selections.level,
+                character=selections.character or selections.character_is_random or "",
+                panels_dir=selections.panels_dir or "",
+                inputs=inputs.decode("ascii"),
+                publicity=Publicity.from_client(player.save_replays_publicly),
+            )
+            for player, selections, inputs in zip(room.players, match.selections, match.inputs)
+        )
+        finished = FinishedMatch(
+            players=match_players,  # type: ignore[arg-type]
+            stage=match.stage,
+            seed=match.seed,
+            ranked=match.ranked,
+            winner=outcome,
+            decided_by=Decision(decided_by),
+            started_at=self.wall_clock_offset + match.started_at,
+            ended_at=self.wall_clock_offset + now,
+            win_counts=(room.win_counts[0], room.win_counts[1]),
+        )
+        key = f"{self.run_id}:{room.number}:{match.number}"
+        return FinishGame(key=key, room=room.number, match=finished)
+
+    def _game_recorded(
+        self, finish: FinishGame, outcome: storage.RecordGameOutcome
+    ) -> list[Action]:
+        """Storage kept a game: new standings, and the select a rated game waited for."""
+        if outcome.result is storage.RecordResult.UNAVAILABLE:
+            log.error("game_not_stored", game=finish.key, reason=outcome.reason)
+        room = self.rooms.get(finish.room)
+        if room is not None and outcome.rated:
+            room.standings_before = list(outcome.before)
+            for player, standing in zip(room.players, outcome.after):
+                if standing is not None:
+                    player.standing = standing
+        if outcome.settled:
+            changed = {user_id: after for user_id, _, after in outcome.settled}
+            for player in self.players.values():
+                if player.standing is not None and player.user_id in changed:
+                    player.standing = attrs.evolve(
+                        player.standing, rating=changed[player.user_id]
+                    )
+        if outcome.rated or outcome.settled:
+            self.version += 1
+        if room is None or room.awaiting_result != finish.key:
+            return []
+        room.awaiting_result = None
+        return self._send_room_init(room, character_select=True)
 
     def _close_room(self, room: Room, reason: str, **context: object) -> list[Action]:
         """Everyone still connected goes back to the lobby: leave_room, then the lobby list."""
         del self.rooms[room.number]
         self.decisions_due.pop(room.number, None)
+        sends: list[Action] = []
+        if room.match is not None:
+            # An abandoned match is kept too, without a winner and unrated.
+            finish = self._finish(room, room.match, 0, "disconnect", self._last_now)
+            sends.append(Store(room.players[0].id, finish))
         returning = []
         for player in room.everyone():
             player.room = None
@@ -622,7 +745,7 @@ class Lobby046:
         self.version += 1
         log.info("room_closed", room=room.number, reason=reason, **context)
         leave = encode_json(d.leave_room())
-        return [Send(p.id, leave) for p in returning] + self._lobby_state_to(returning)
+        return sends + [Send(p.id, leave) for p in returning] + self._lobby_state_to(returning)
 
     def _remove_spectator(self, spectator: Player) -> list[Action]:
         room = spectator.room
@@ -641,7 +764,8 @@ class Lobby046:
     def _send_room_init(self, room: Room, *, character_select: bool) -> list[Action]:
         first, second = room.players
         sends: list[Action] = []
-        ratings = _empty_ratings()
+        room_ratings = self._room_ratings(room)
+        ranked = self._ranked_shown(room)
         for number, player in ((1, first), (2, second)):
             opponent = second if number == 1 else first
             assert opponent.name is not None
@@ -650,15 +774,15 @@ class Lobby046:
                 opponent=opponent.name,
                 a_state=self._state_for(first, player),
                 b_state=self._state_for(second, player),
-                ratings=ratings,
-                ranked=False,
+                ratings=room_ratings,
+                ranked=ranked,
                 character_select=character_select,
             )
             sends.append(_send(player, message))
         for spectator in room.spectators:
             message = d.spectator_character_select(
                 self._state_for(first, spectator), self._state_for(second, spectator),
-                ratings, False,
+                room_ratings, ranked,
             )
             sends.append(_send(spectator, message))
         return sends
@@ -670,12 +794,12 @@ class Lobby046:
             "spectate_request_granted": True,
             "spectate_request_rejected": False,
             "rating_updates": True,
-            "ratings": _empty_ratings(),
+            "ratings": self._room_ratings(room),
             "a_menu_state": self._state_for(first, spectator),
             "b_menu_state": self._state_for(second, spectator),
             "win_counts": list(room.win_counts),
             "match_start": False,
-            "ranked": False,
+            "ranked": match.ranked if match is not None else self._ranked_shown(room),
         }
         if match is None:
             # At select: the spectator waits for match_start like the players.
@@ -714,6 +838,35 @@ class Lobby046:
                 "seed": match.seed,
             }
         }
+
+    def _room_ratings(self, room: Room) -> list[dict[str, Any]]:
+        return [
+            ratings.rating_entry(player.standing, before)
+            for player, before in zip(room.players, room.standings_before)
+        ]
+
+    def _ranked_profile(self, player: Player) -> ratings.RankedProfile:
+        return ratings.RankedProfile(
+            name=player.name or "",
+            logged_in=player.login is LoginState.LOGGED_IN,
+            user_id=player.user_id,
+            wants_ranked=player.selections.ranked,
+            level=player.selections.level,
+            standing=player.standing,
+        )
+
+    def _ranked_approval(self, room: Room) -> ratings.Approval:
+        first, second = room.players
+        return ratings.approve_ranked(
+            self._ranked_profile(first), self._ranked_profile(second), self.placement_rule
+        )
+
+    def _ranked_shown(self, room: Room) -> bool:
+        """Whether select shows the room's next match as ranked."""
+        first, second = room.players
+        if not (first.selections.ranked or second.selections.ranked):
+            return False
+        return self._ranked_approval(room).approved
 
     def _send_spectators(self, room: Room) -> list[Action]:
         names = [s.name for s in room.spectators if s.name]

@@ -14,16 +14,19 @@ import contextvars
 import fcntl
 import math
 import os
+import secrets
 import socket
 import struct
 import termios
+import time
+from functools import partial
 from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from netplay import poller, storage
+from netplay import poller, results, storage
 from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
@@ -104,14 +107,17 @@ class Server:
         recorder: Recorder | None = None,
         database: storage.Storage | None = None,
         database_in_thread: bool = True,
+        replays_directory: str | None = None,
     ) -> None:
         """``database`` is the caller's to close; without one, players live in memory.
 
         ``database_in_thread`` False runs storage calls on the event loop itself,
         which keeps a virtual clock (tests, in-process replay) deterministic.
+        ``replays_directory`` None writes no replay files.
         """
         self.config = config
-        self.core = ServerCore(config, seed=seed)
+        self.core = ServerCore(config, seed=seed, run_id=secrets.token_hex(6))
+        self.replays_directory = replays_directory
         self.recorder = recorder
         if database is None:
             database, database_in_thread = storage.SqliteStorage(storage.MEMORY), False
@@ -141,6 +147,8 @@ class Server:
         """Serve until :meth:`shutdown`; then close every connection within the grace time."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Stored times are wall-clock; the lobby is fed trio's clock.
+            self.core.lobby046.wall_clock_offset = time.time() - trio.current_time()
             nursery.start_soon(self._snapshot_loop)
             nursery.start_soon(self._storage_loop)
             nursery.start_soon(self._tick_loop)
@@ -383,10 +391,13 @@ class Server:
                     break
             operations = [action.operation for action in batch]
             try:
+                run = partial(
+                    results.run_batch, self.database, operations, self.replays_directory
+                )
                 if self.database_in_thread:
-                    outcomes = await trio.to_thread.run_sync(self.database.execute, operations)
+                    outcomes = await trio.to_thread.run_sync(run)
                 else:
-                    outcomes = self.database.execute(operations)  # type: ignore[arg-type]
+                    outcomes = run()
             except Exception as error:
                 log.exception("storage_failed", operations=len(operations))
                 outcomes = [storage.failed_outcome(op, str(error)) for op in operations]  # type: ignore[arg-type]

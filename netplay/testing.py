@@ -130,10 +130,13 @@ class ScriptedClient:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    config: Config | None = None, *, seed: int = 1, recorder: Any = None
+    config: Config | None = None, *, seed: int = 1, recorder: Any = None, **options: Any
 ) -> AsyncIterator[Server]:
-    """An in-process server without listeners; connect with :func:`connect_in_process`."""
-    server = Server(config or Config(), seed=seed, recorder=recorder)
+    """An in-process server without listeners; connect with :func:`connect_in_process`.
+
+    ``options`` go to :class:`~netplay.server.Server` (a database, a replays directory).
+    """
+    server = Server(config or Config(), seed=seed, recorder=recorder, **options)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         try:

@@ -179,6 +179,9 @@ EVERY_SETTING = {
     "database": ("/tmp/players.sqlite3", "/tmp/players.sqlite3"),
     "max_spectators_per_room": ("3", 3),
     "game_over_timeout": ("6.5", 6.5),
+    "placement_rule": ("relaxed", "relaxed"),
+    "replays_directory": ("/tmp/replays", "/tmp/replays"),
+    "leaderboard_limit": ("10", 10),
 }
 
 

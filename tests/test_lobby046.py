@@ -7,7 +7,7 @@ import json
 import pytest
 
 from netplay import messages as m
-from netplay import storage
+from netplay import ratings, storage
 from netplay.actions import Send, Store
 from netplay.errors import LocalProtocolError, RemoteProtocolError
 from netplay.lobby046 import (
@@ -246,10 +246,94 @@ def test_same_seed_reproduces_match_seeds():
     assert seeds[0] == seeds[1]
 
 
-def test_wanting_ranked_is_answered_with_a_denial_to_the_room(room):
+def test_wanting_ranked_is_answered_with_the_reasons_to_the_room(room):
     sends = room.do(1, menu(ranked=True))
-    assert {"ranked_match_denied": True,
-            "reasons": ["Ranked matches are not enabled on this server"]} in decoded(sends, 1)
+    assert {"ranked_match_denied": True, "reasons": [
+        "Neither player has finished enough placement matches against already ranked players",
+        "bob didn't log in", "bob doesn't want ranked", "alice didn't log in",
+    ]} in decoded(sends, 1)
+
+
+def logged_in(table, player_id, user_id, standing=None):
+    player = table.lobby.players[player_id]
+    player.login, player.user_id = LoginState.LOGGED_IN, user_id
+    player.standing = standing or ratings.Standing()
+
+
+def ranked_room():
+    table = Table(placement_rule=ratings.PlacementRule.RELAXED)
+    table.join(1, "alice")
+    table.join(2, "bob")
+    logged_in(table, 1, "11")
+    logged_in(table, 2, "22")
+    table.pair(1, 2, "alice", "bob")
+    return table
+
+
+def test_ranked_approval_and_a_rated_match_waits_for_its_new_ratings():
+    table = ranked_room()
+    sends = table.do(1, menu(ranked=True))
+    assert {"ranked_match_denied": True, "reasons": ["bob doesn't want ranked"]} in decoded(sends, 1)
+    sends = table.do(2, menu(ranked=True))
+    assert {"ranked_match_approved": True} in decoded(sends, 1)
+    table.do(1, menu(ranked=True, ready=True))
+    start = decoded(table.do(2, menu(ranked=True, ready=True)), 1)[-1]
+    assert start["ranked"] is True and start["player_settings"]["rating"] == 1500
+    table.lobby.handle_input(2, b"IA")
+    table.do(1, m.GameOverClaim(1))
+    sends = table.do(2, m.GameOverClaim(1))
+    (store,) = [action for action in sends if isinstance(action, Store)]
+    finish = store.operation
+    assert finish.match.ranked and finish.match.winner == 1
+    assert finish.match.players[0].user_id == "22" and finish.match.players[0].inputs == "A"
+    assert all("character_select" not in p for p in decoded(sends) if isinstance(p, dict))
+    before = (ratings.Standing(), ratings.Standing())
+    after = ratings.rate_game(*before, winner=1)
+    outcome = storage.RecordGameOutcome(
+        storage.RecordResult.RECORDED, rated=True, before=before, after=after,
+    )
+    sends = table.lobby.stored(2, finish, outcome, 0)
+    select = decoded(sends, 2)[0]
+    assert select["character_select"] is True
+    assert select["ratings"][0]["placement_match_progress"] == "1/30 placement matches played."
+
+
+def test_casual_match_goes_back_to_select_at_once_and_is_stored():
+    table = ranked_room()
+    table.start(1, 2)
+    table.do(1, m.GameOverClaim(2))
+    sends = table.do(2, m.GameOverClaim(2))
+    assert any(isinstance(a, Store) and not a.operation.match.ranked for a in sends)
+    assert "character_select" in decoded(sends, 1)[-1]
+
+
+def test_abandoned_match_is_stored_as_a_disconnect():
+    table = ranked_room()
+    table.start(1, 2)
+    sends = table.lobby.disconnect(1)
+    (store,) = [action for action in sends if isinstance(action, Store)]
+    assert store.operation.match.decided_by.value == "disconnect"
+    assert store.operation.match.winner == 0
+
+
+def test_lobby_lists_ratings_of_placed_players():
+    table = ranked_room()
+    placed = ratings.Standing(rating=1612.4, placement_done=True, ranked_games_played=31)
+    table.lobby.players[1].standing = placed
+    assert table.lobby.lobby_state()["players"] == {
+        "alice": {"rating": 1612, "ranked_games_played": 31}
+    }
+
+
+def test_leaderboard_request_asks_storage_and_marks_the_asker():
+    table = ranked_room()
+    (store,) = table.do(1, m.LeaderboardRequest())
+    assert store.operation == storage.Leaderboard("11", 100)
+    entries = (ratings.LeaderboardEntry(1, "11", "alice", 1700.0, 40, 30),)
+    sends = table.lobby.stored(1, store.operation, storage.LeaderboardOutcome(entries), 0)
+    assert decoded(sends) == [
+        {"leaderboard_report": [{"user_name": "alice", "rating": 1700, "is_you": True}]}
+    ]
 
 
 def test_inputs_go_to_the_opponent_and_to_spectators_as_u_and_i(room):

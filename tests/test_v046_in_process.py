@@ -306,3 +306,32 @@ async def test_server_closing_sends_a_last_frame_the_client_notices(autojump_clo
         frames = await silent.expect_closed(timeout=10)
         jsons = [frame.payload for frame in frames if isinstance(frame, m.Json)]
         assert jsons[-1] == {"connection_closing": True, "reason": "idle_timeout"}
+
+
+async def test_ranked_game_changes_ratings_and_writes_the_replay(autojump_clock, tmp_path):
+    config = Config(placement_rule="relaxed")
+    async with running_server(config, seed=5, replays_directory=str(tmp_path)) as server:
+        alice, bob = await joined(server, "alice"), await joined(server, "bob")
+        await alice.login()
+        await bob.login()
+        await pair_up046(alice, bob)
+        await alice.menu_state(ranked=True)
+        await bob.menu_state(ranked=True)
+        assert "ranked_match_approved" in await alice.receive_until("ranked_match_approved")
+        await alice.menu_state(ranked=True, ready=True)
+        await bob.receive_until("menu_state")
+        await bob.menu_state(ranked=True, ready=True)
+        start = await alice.receive_until("match_start")
+        assert start["ranked"] is True and start["player_settings"]["rating"] == 1500
+        await bob.send_inputs("AAg")
+        await alice.send_inputs("AB")
+        await alice.game_over(1)
+        await bob.game_over(1)
+        select = await alice.receive_until("character_select")
+        assert [r["placement_match_progress"] for r in select["ratings"]] == [
+            "1/30 placement matches played.", "1/30 placement matches played.",
+        ]
+        (replay,) = tmp_path.rglob("*.txt")
+        assert "bob" in replay.name and "Ranked" in replay.name
+        await alice.send_json({"leaderboard_request": True})
+        assert (await alice.receive_until("leaderboard_report"))["leaderboard_report"] == []
