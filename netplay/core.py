@@ -33,7 +33,7 @@ from netplay.config import Config
 from netplay.dialect import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
 from netplay.lobby import Lobby, PlayerState
-from netplay.lobby046 import Lobby046
+from netplay.lobby046 import InputRoute, Lobby046
 from netplay.ratings import PlacementRule
 from netplay.wire import Decoder
 
@@ -163,19 +163,33 @@ class ServerCore:
 
     # -- incoming bytes -------------------------------------------------------
 
-    def relay_target(self, connection_id: int, data: bytes, now: float) -> int | None:
+    def relay_target(
+        self, connection_id: int, data: bytes, now: float
+    ) -> int | InputRoute | None:
         """The per-frame path: where a chunk that is exactly one input goes.
 
         Returns the opponent's connection id when ``data`` is one whole ``I``
-        message from a player in a match, :data:`RELAY_DROPPED` when such an
-        input is over the rate limit, and None when ``data`` must go through
-        :meth:`receive`.  Allocates nothing.
+        message from a player in a match of the older dialects; for a 046
+        player, the match's :class:`InputRoute` (the opponent gets ``data``,
+        each spectator ``route.as_spectators[data[1]]``), with the input
+        already recorded for late spectators.  :data:`RELAY_DROPPED` when such
+        an input is over the rate limit, and None when ``data`` must go
+        through :meth:`receive`.  Allocates nothing.
         """
         if len(data) != 2 or data[0] != _INPUT_LETTER:
             return None
         connection = self.connections.get(connection_id)
         if connection is None or connection.decoder.buffered:
             return None
+        if connection.dialect is Dialect.V046:
+            route = self.lobby046.input_route(connection_id, data[1])
+            if route is None or connection.phase is not Phase.OPEN:
+                return None
+            connection.last_received = now
+            if not self._admit_message(connection, now):
+                return RELAY_DROPPED
+            route.record(data[1])
+            return route
         target = self.lobby.input_target(connection_id)
         if target is None or connection.phase is not Phase.OPEN:
             return None

@@ -113,6 +113,28 @@ ACCEPTED: dict[type, frozenset[PlayerState]] = {
 
 
 @attrs.define(eq=False)
+class InputRoute:
+    """Where one player's inputs go while it plays: the per-frame path.
+
+    Built when the match starts and dropped when the player stops playing,
+    so relaying an input is a lookup, not a decision.  ``spectators`` is
+    replaced, never changed in place, when spectators join or leave: a relay
+    that drops a spectator while it goes through them still reaches the rest.
+    """
+
+    opponent: PlayerId
+    spectators: tuple[PlayerId, ...]
+    # The message each input letter becomes for a spectator (U for player 1, I for 2).
+    as_spectators: dict[int, bytes]
+    # This player's inputs so far, for spectators who join late.
+    recorded: bytearray
+
+    def record(self, letter: int) -> None:
+        if len(self.recorded) < MAX_RECORDED_INPUTS:
+            self.recorded.append(letter)
+
+
+@attrs.define(eq=False)
 class Player:
     id: PlayerId
     state: PlayerState = PlayerState.UNREGISTERED
@@ -128,6 +150,8 @@ class Player:
     taunts: collections.deque[float] = attrs.Factory(collections.deque)
     # Ranked record, once storage has answered after the login.
     standing: ratings.Standing | None = None
+    # Set while PLAYING, and only then.
+    route: InputRoute | None = None
 
     def move(self, new_state: PlayerState) -> None:
         if new_state not in PLAYER_TRANSITIONS[self.state]:
@@ -135,6 +159,8 @@ class Player:
                 f"player {self.id} cannot go from {self.state.value} to {new_state.value}"
             )
         self.state = new_state
+        if new_state is not PlayerState.PLAYING:
+            self.route = None
 
 
 @attrs.define(eq=False)
@@ -197,6 +223,14 @@ def _send(player: Player, payload: dict[str, Any]) -> Send:
 # One value per input letter, so relaying to spectators allocates nothing.
 _AS_PLAYER_ONE = {byte: bytes((ord("U"), byte)) for byte in INPUT_BYTES}
 _AS_PLAYER_TWO = {byte: bytes((ord("I"), byte)) for byte in INPUT_BYTES}
+
+
+def _route_to_spectators(room: Room) -> None:
+    """The players' input routes follow the room's spectators."""
+    spectators = tuple(spectator.id for spectator in room.spectators)
+    for player in room.players:
+        if player.route is not None:
+            player.route.spectators = spectators
 
 
 class Lobby046:
@@ -274,22 +308,31 @@ class Lobby046:
     def handle_input(self, player_id: PlayerId, raw: bytes) -> list[Send]:
         """One ``I`` from a player: to the opponent as is, to spectators as ``U``/``I``."""
         player = self.players[player_id]
-        room = player.room
-        if player.state is not PlayerState.PLAYING or room is None or room.match is None:
+        route = player.route
+        if route is None:
             raise _refuse("message_not_valid_in_state", player, m.Input(raw))
         letter = raw[1]
         if letter not in INPUT_BYTES:
             # The opponent's client would fail on it: never forwarded.
             raise _refuse("input_invalid", player, m.Input(raw), value=letter)
-        first = room.players[0] is player
-        recorded = room.match.inputs[0 if first else 1]
-        if len(recorded) < MAX_RECORDED_INPUTS:
-            recorded.append(letter)
-        sends = [Send(room.players[1 if first else 0].id, raw)]
-        if room.spectators:
-            data = (_AS_PLAYER_ONE if first else _AS_PLAYER_TWO)[letter]
-            sends += [Send(spectator.id, data) for spectator in room.spectators]
+        route.record(letter)
+        sends = [Send(route.opponent, raw)]
+        if route.spectators:
+            data = route.as_spectators[letter]
+            sends += [Send(spectator, data) for spectator in route.spectators]
         return sends
+
+    def input_route(self, player_id: PlayerId, letter: int) -> InputRoute | None:
+        """The per-frame path: the route of a valid input letter from a playing player, else None.
+
+        Changes nothing: the caller records the input (:meth:`InputRoute.record`)
+        once it has admitted it, and relays it itself.  None sends the input
+        through :meth:`handle_input`, which refuses it with its reason.
+        """
+        player = self.players.get(player_id)
+        if player is None or letter not in INPUT_BYTES:
+            return None
+        return player.route
 
     def stored(
         self, player_id: PlayerId, operation: object, outcome: object, now: float
@@ -515,6 +558,7 @@ class Lobby046:
         player.move(PlayerState.SPECTATING)
         player.room = room
         room.spectators.append(player)
+        _route_to_spectators(room)
         self.version += 1
         log.info("spectator_joined", player=player.id, name=player.name, room=room.number)
         return [_send(player, self._spectate_granted(room, player))] + self._send_spectators(room)
@@ -621,8 +665,12 @@ class Lobby046:
         room.match = match
         room.stage = stage
         room.move(RoomState.PLAYING)
-        for player in room.players:
+        for side, (player, opponent, as_spectators) in enumerate(
+            ((first, second, _AS_PLAYER_ONE), (second, first, _AS_PLAYER_TWO))
+        ):
             player.move(PlayerState.PLAYING)
+            player.route = InputRoute(opponent.id, (), as_spectators, match.inputs[side])
+        _route_to_spectators(room)
         self.version += 1
         log.info(
             "match_started", room=room.number, a=first.name, b=second.name, seed=seed,
@@ -751,6 +799,7 @@ class Lobby046:
         room = spectator.room
         assert room is not None
         room.spectators.remove(spectator)
+        _route_to_spectators(room)
         spectator.room = None
         self.version += 1
         log.info("spectator_left", player=spectator.id, name=spectator.name, room=room.number)

@@ -30,6 +30,7 @@ from netplay import poller, results, storage
 from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
+from netplay.lobby046 import InputRoute
 
 log = structlog.get_logger("netplay.server")
 
@@ -253,6 +254,7 @@ class Server:
         # connection's context keeps its log lines bound to it.
         context = contextvars.copy_context()
         relay_target, deliver, connection_id = self.core.relay_target, self._deliver, link.id
+        relay = self._relay
 
         def on_bytes(data: bytes | None, now: float) -> None:
             try:
@@ -260,8 +262,11 @@ class Server:
                     # The per-frame path, kept free of everything else.
                     target = relay_target(connection_id, data, now)
                     if target is not None:
-                        if target:
-                            deliver(target, data)
+                        if type(target) is int:
+                            if target:
+                                deliver(target, data)
+                        else:
+                            relay(target, data)
                         return
                     context.run(self._receive, link, data, now)  # no relay: the full path
                     return
@@ -301,8 +306,19 @@ class Server:
         target = core.relay_target(link.id, data, now)
         if target is None:
             self._receive(link, data, now)
+        elif type(target) is not int:
+            self._relay(target, data)
         elif target:  # not dropped by the flood limit
             self._deliver(target, data)
+
+    def _relay(self, route: InputRoute, data: bytes) -> None:
+        """One 046 input: to the opponent as it came, to each spectator as ``U``/``I``."""
+        deliver = self._deliver
+        deliver(route.opponent, data)
+        if route.spectators:
+            as_spectator = route.as_spectators[data[1]]
+            for spectator in route.spectators:
+                deliver(spectator, as_spectator)
 
     def _receive(self, link: Link, data: bytes, now: float) -> None:
         """Bytes that are not a lone relayed input: decode and act on every message."""

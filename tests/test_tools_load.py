@@ -1,4 +1,4 @@
-"""Smoke tests of the load tools (tools/loadgen.py, tools/connhold.py).
+"""Smoke tests of the load tools (tools/loadgen.py, tools/connhold.py, tools/loginstorm.py).
 
 Each tool runs for a second or two, with a handful of clients, against one
 real server started as a subprocess on 127.0.0.1, and its JSON report is
@@ -23,15 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+def _serve(log_path: Path, *options: str) -> Iterator[tuple[int, int]]:
     """(port, pid) of a server on 127.0.0.1, stopped with SIGTERM at the end."""
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1", "--port", "0",
-                "--log-format", "json", "--ping-interval", "0.2", "--idle-timeout", "1.0",
+                sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1",
+                "--port", "0", "--log-format", "json", *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -47,6 +45,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    yield from _serve(log_path, "--ping-interval", "0.2", "--idle-timeout", "1.0")
+
+
+@pytest.fixture(scope="module")
+def server046(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """Silent 046 clients are pinged once a second at the soonest: a longer idle timeout."""
+    log_path = tmp_path_factory.mktemp("server046") / "server.log"
+    yield from _serve(log_path, "--ping-interval", "1.0", "--idle-timeout", "3.0")
 
 
 def _wait_for_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
@@ -109,6 +120,43 @@ def test_loadgen_ramp_reports_each_step_and_a_summary(server):
         assert step["lost"] == 0 and step["matches_ready"] == step["matches"]
     if not summary["stopped_by_generator"]:
         assert summary["largest_passing_matches"] == 2
+
+
+def test_loadgen_046_players_and_spectators_each_get_their_latency(server046):
+    port, pid = server046
+    [report] = run_tool(
+        "loadgen.py", "--port", port, "--dialect", "046", "--matches", 3,
+        "--spectators-per-match", 2, "--spectator-delay", 0.3, "--warmup", 1.0,
+        "--duration", 1.0, "--server-pid", pid,
+    )
+    assert report["matches_ready"] == 3 and report["failures"] == {}
+    assert report["lost"] == report["gaps"] == report["reordered"] == report["closed"] == 0
+    assert report["spectators"] == report["spectators_ready"] == 6
+    assert report["spectator_lost"] == report["spectator_gaps"] == 0
+    assert report["spectator_reordered"] == report["spectator_closed"] == 0
+    # Each spectator receives both players' inputs: U for player 1, I for player 2.
+    assert report["spectator_received_total"] > 0.7 * 6 * 2 * 60 * 1.5
+    for name in ("latency_ms", "spectator_latency_ms"):
+        latency = report[name]
+        assert latency["n"] > 0 and 0 < latency["p50"] <= latency["p99"] <= latency["max"] < 2000
+    assert report["login_rtt_ms"]["n"] == 12  # 6 players and 6 spectators logged in
+    assert report["panels"] == 0  # 046 clients make their own panels
+    assert report["spectator_pings"] >= 6  # silent for over a second, pinged, and answered
+
+
+def test_loginstorm_answers_new_and_returning_logins(server046):
+    port, pid = server046
+    [report] = run_tool(
+        "loginstorm.py", "--port", port, "--clients", 40, "--pause", 0.3, "--timeout", 20,
+        "--server-pid", pid,
+    )
+    assert report["seed"]["ids"] == 20
+    storm = report["storm"]
+    assert storm["answered"] == 40 and storm["failures"] == {}
+    assert storm["results"] == {"new_new_id": 20, "returning_welcome_back": 20}
+    assert storm["login_ms"]["n"] == 40 and storm["login_returning_ms"]["n"] == 20
+    assert 0 < storm["login_ms"]["p50"] <= storm["login_ms"]["max"] < 2000
+    assert storm["over_limit"] == 0
 
 
 def test_connhold_holds_idle_clients_that_answer_pings(server):

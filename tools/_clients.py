@@ -26,6 +26,7 @@ from netplay.wire import encode_json
 SERVER_LENGTHS = [0] * 256
 for _letter, _length in {
     "H": 1, "N": 1, "E": 4, "P": 121, "O": 121, "Q": 121, "R": 121, "I": 2, "L": 2, "W": 1,
+    "U": 2,
 }.items():
     SERVER_LENGTHS[ord(_letter)] = _length
 

@@ -590,9 +590,13 @@ class Worker(_clients.EpollClients):
         # Drain: keep reading until everything sent has arrived, or time is up.
         drain_end = monotonic() + drain
         while monotonic() < drain_end:
-            if all(c.rx >= c.partner.tx for c in players if not c.closed):  # type: ignore[union-attr]
+            if self._drained(players):
                 break
             poll(0.01)
+
+    def _drained(self, players: list[Client]) -> bool:
+        """Whether every input sent has arrived wherever it was going."""
+        return all(c.rx >= c.partner.tx for c in players if not c.closed)  # type: ignore[union-attr]
 
     def _start_window(self, now: float) -> None:
         self.latency, self.read_latency, self.send_lag = Histogram(), Histogram(), Histogram()
@@ -631,6 +635,401 @@ class Worker(_clients.EpollClients):
         }
 
 # ---------------------------------------------------------------------------
+# Protocol 046: the 2022 client, with spectators
+
+V046_READY_STATE = encode_json({"menu_state": {
+    "cursor": "__Ready", "character": "lip", "character_display_name": "Lip",
+    "stage": "pa_stages_fire", "stage_is_random": "pa_stages_fire",
+    "panels_dir": "pdp_ta_common", "level": 5, "ranked": False, "loaded": True,
+    "wants_ready": True, "ready": True,
+}})
+V046_NEW_LOGIN = encode_json({"login_request": True, "user_id": "need a new user id"})
+
+
+def hello046(name: str) -> bytes:
+    """``H046`` and the name message, one write, as the 2022 client sends them."""
+    return b"H046" + encode_json({
+        "name": name, "level": 5, "character": "__RandomCharacter",
+        "character_is_random": "__RandomCharacter", "character_display_name": "",
+        "stage": "__RandomStage", "stage_is_random": "__RandomStage",
+        "panels_dir": "pdp_ta_common", "ranked": False,
+        "save_replays_publicly": "with my name",
+    })
+
+
+class Player046(Client):
+    """A 2022 client that plays: logs in, pairs, readies, and plays as a Client does."""
+
+    __slots__ = ("number", "login_sent_at")
+
+    def __init__(self, index: int, name: str, is_first: bool) -> None:
+        super().__init__(index, name, is_first)
+        self.hello = hello046(name)
+        self.number = 0  # 1 or 2, as create_room says
+        self.login_sent_at = 0.0
+
+
+class Spectator046(_clients.Client):
+    """A 2022 client that joins a match in progress and receives both players' inputs.
+
+    Player 1's inputs arrive as ``U``, player 2's as ``I``; ``side`` 0 and 1
+    below.  Its first input from a side tells where in that player's
+    sequence it joined (``base``); from there on, every input is expected.
+    """
+
+    __slots__ = (
+        "pair", "sources", "inbuf", "need", "rx", "rx_next", "base", "tx_at_grant", "gaps",
+        "reordered", "closed", "login_sent_at", "room_number",
+    )
+
+    def __init__(self, index: int, name: str, pair: tuple[Player046, Player046]) -> None:
+        super().__init__(index, name)
+        self.hello = hello046(name)
+        self.pair = pair
+        self.sources: tuple[Player046, Player046] | None = None  # player 1, player 2
+        self.inbuf = bytearray()
+        self.need = 0
+        self.rx = [0, 0]
+        self.rx_next = [0, 0]
+        self.base = [-1, -1]  # absolute index of the first input received, per side
+        self.tx_at_grant = [0, 0]
+        self.gaps = 0
+        self.reordered = 0
+        self.closed = False
+        self.login_sent_at = 0.0
+        self.room_number: int | None = None
+
+
+class Worker046(Worker):
+    """Matches of 2022 clients, each watched by ``spectators_per_match`` spectators.
+
+    Players connect with ``H046`` and the name message in one write, log in
+    with a new id, pair by mutual ``game_request``, send a ready
+    ``menu_state`` and, after ``match_start``, play as :class:`Worker`'s
+    players do (no panel requests: 046 clients make their own panels).
+    Spectators connect at :attr:`spectate_at` (during the run, so they join
+    matches in progress), log in, find their match's room number in a lobby
+    list and send ``spectate_request``; from ``spectate_request_granted`` on,
+    their inputs' latency and loss are counted apart from the players'.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        match_ids: list[int],
+        name_prefix: str,
+        *,
+        seed: int,
+        spectators_per_match: int = 0,
+        connect_concurrency: int = 100,
+        kernel_timestamps: bool = True,
+    ) -> None:
+        super().__init__(
+            host, port, [], name_prefix, seed=seed, connect_concurrency=connect_concurrency,
+            kernel_timestamps=kernel_timestamps,
+        )
+        self.spectators: list[Spectator046] = []
+        for match_id in match_ids:
+            # Names of at most 16 letters, digits and underscores, as 046 wants.
+            first = Player046(2 * match_id, f"{name_prefix}{match_id}a", True)
+            second = Player046(2 * match_id + 1, f"{name_prefix}{match_id}b", False)
+            first.partner, second.partner = second, first
+            self.clients += (first, second)
+            self.pairs.append((first, second))
+            for k in range(spectators_per_match):
+                self.spectators.append(
+                    Spectator046(len(self.spectators), f"{name_prefix}{match_id}s{k}",
+                                 (first, second))
+                )
+        self.spectate_at = math.inf  # set by the caller before run()
+        self.spectators_queued = False
+        self.spectators_ready = 0
+        self.rooms: dict[tuple[str, str], int] = {}  # (a, b) -> room number, from lobby lists
+        self.spectator_received = 0
+        self.spectator_latency = Histogram()
+        self.spectator_read_latency = Histogram()
+        self.login_rtt = Histogram()
+
+    # -- players ----------------------------------------------------------------------
+
+    def _json(self, client: Client, body: bytes) -> None:
+        if body.startswith(LOBBY_PREFIX):
+            if client.state == HANDSHAKE and not client.login_sent_at:  # type: ignore[attr-defined]
+                client.login_sent_at = time.monotonic()  # type: ignore[attr-defined]
+                self._send(client, V046_NEW_LOGIN)
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            self._fail(client, "bad_json")
+            return
+        if "login_successful" in payload:
+            if client.state == HANDSHAKE:
+                self.login_rtt.record(time.monotonic() - client.login_sent_at)  # type: ignore[attr-defined]
+                self._registered(client)
+        elif "login_denied" in payload:
+            self._fail(client, "login_denied")
+        elif "game_request" in payload:
+            if client.is_first and client.state == LOBBY:
+                client.state = REQUESTED
+                self._send_request(client)
+        elif "create_room" in payload:
+            if client.state == REQUESTED:
+                client.number = payload.get("your_player_number", 0)  # type: ignore[attr-defined]
+                client.state = ROOM
+                self._send(client, V046_READY_STATE)
+        elif "match_start" in payload:
+            if client.state == ROOM:
+                client.state = READY
+                self.ready_clients += 1
+        elif "choose_another_name" in payload:
+            self._fail(client, "name_refused")
+        elif "leave_room" in payload:
+            if client.state >= ROOM:
+                client.closed = True
+                if client.state < READY:
+                    self._fail(client, "left_room_during_setup")
+
+    # -- spectators ------------------------------------------------------------------
+
+    def _poll(self, timeout: float) -> None:
+        if self.connect_queue or self.retries or not self.spectators_queued:
+            now = time.monotonic()
+            if not self.spectators_queued and now >= self.spectate_at:
+                self.spectators_queued = True
+                self.connect_queue += reversed(self.spectators)
+            if self.spectators_queued:
+                self._start_due_connects(now)
+        super()._poll(timeout)
+
+    def _read(self, client: Any) -> None:
+        if type(client) is not Spectator046:
+            super()._read(client)
+            return
+        sock = client.sock
+        if sock is None:
+            return
+        try:
+            if self.kernel_timestamps:
+                data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
+            else:
+                data, ancillary = sock.recv(self.recv_size), None
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._spectator_lost(client, "connection_reset")
+            return
+        read_at = time.time()
+        if not data:
+            self._spectator_lost(client, "closed_by_server")
+            return
+        arrived_at = read_at
+        if ancillary:
+            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
+            arrived_at = seconds + nanoseconds * 1e-9
+        if client.inbuf:
+            client.inbuf += data
+            if len(client.inbuf) < client.need:
+                return
+            data = bytes(client.inbuf)
+            client.inbuf = bytearray()
+        end = len(data)
+        position = 0
+        while position < end:
+            letter = data[position]
+            if letter == 85 or letter == 73:  # U: player 1's input, I: player 2's
+                if position + 2 > end:
+                    client.need = 2
+                    break
+                if client.sources is not None:
+                    self._spectator_input(client, letter == 73, data[position + 1], arrived_at,
+                                          read_at)
+                position += 2
+                continue
+            if letter == 74:  # J
+                if position + 4 > end:
+                    client.need = 4
+                    break
+                frame_end = position + 4 + int.from_bytes(data[position + 1 : position + 4], "big")
+                if frame_end > end:
+                    client.need = frame_end - position
+                    break
+                self._spectator_json(client, data[position + 4 : frame_end])
+                position = frame_end
+                if client.state == FAILED:
+                    return
+                continue
+            length = SERVER_LENGTHS[letter]
+            if length == 0:
+                self._spectator_lost(client, "unknown_letter_" + chr(letter))
+                return
+            if position + length > end:
+                client.need = length
+                break
+            if letter == 69:  # E: ping
+                client.pings += 1
+                self._send(client, b"F" + data[position + 1 : position + 4])
+            elif letter == 78:  # N: version refused
+                self._spectator_lost(client, "version_refused")
+                return
+            position += length
+        if position < end:
+            client.inbuf = bytearray(data[position:])
+
+    def _spectator_input(
+        self, spectator: Spectator046, side: int, symbol: int, arrived_at: float, read_at: float
+    ) -> None:
+        source = spectator.sources[side]  # type: ignore[index]
+        position = SYMBOL_INDEX[symbol]
+        if spectator.base[side] < 0:
+            # The first live input from this side: the newest this player sent
+            # with that symbol (relay is far faster than 64 frames).
+            last = source.tx - 1
+            spectator.base[side] = last - ((last - position) & 63)
+            spectator.rx_next[side] = position
+        expected = spectator.rx_next[side]
+        if position != expected:
+            step = (position - expected) & 63
+            if step >= 32 or position < 0:
+                spectator.reordered += 1
+                spectator.rx[side] += 1
+                self.spectator_received += 1
+                return
+            spectator.gaps += step
+        spectator.rx_next[side] = (position + 1) & 63
+        spectator.rx[side] += 1
+        self.spectator_received += 1
+        sent_at = source.sent_at[position]
+        self.spectator_latency.record(arrived_at - sent_at)
+        self.spectator_read_latency.record(read_at - sent_at)
+
+    def _spectator_json(self, spectator: Spectator046, body: bytes) -> None:
+        state = spectator.state
+        if body.startswith(LOBBY_PREFIX):
+            if state == HANDSHAKE and not spectator.login_sent_at:
+                spectator.login_sent_at = time.monotonic()
+                self._send(spectator, V046_NEW_LOGIN)
+            if state in (HANDSHAKE, LOBBY) and spectator.room_number is None:
+                try:
+                    rooms = json.loads(body).get("spectatable", [])
+                except ValueError:
+                    rooms = []
+                for room in rooms:
+                    self.rooms[(room.get("a"), room.get("b"))] = room.get("roomNumber")
+                self._spectate(spectator)
+            return
+        if state == READY:
+            return  # spectators lists, menu states: nothing to do
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            self._spectator_lost(spectator, "bad_json")
+            return
+        if "login_successful" in payload:
+            if state == HANDSHAKE:
+                self.login_rtt.record(time.monotonic() - spectator.login_sent_at)
+                self.in_flight -= 1
+                spectator.state = LOBBY
+                self._spectate(spectator)
+        elif "login_denied" in payload:
+            self._spectator_lost(spectator, "login_denied")
+        elif "spectate_request_granted" in payload:
+            if state == REQUESTED:
+                first, second = spectator.pair
+                spectator.sources = (first, second) if first.number == 1 else (second, first)
+                spectator.tx_at_grant = [spectator.sources[0].tx, spectator.sources[1].tx]
+                spectator.state = READY
+                self.spectators_ready += 1
+        elif "choose_another_name" in payload:
+            self._spectator_lost(spectator, "name_refused")
+        elif "leave_room" in payload:
+            spectator.closed = True
+
+    def _spectate(self, spectator: Spectator046) -> None:
+        """Ask to watch the spectator's match, once logged in and its room number is known."""
+        if spectator.state != LOBBY:
+            return
+        first, second = spectator.pair
+        names = (first.name, second.name) if first.number == 1 else (second.name, first.name)
+        number = self.rooms.get(names)
+        if number is None:
+            return  # the next lobby list may have it
+        spectator.room_number = number
+        spectator.state = REQUESTED
+        self._send(spectator, encode_json(
+            {"spectate_request": {"sender": spectator.name, "roomNumber": number}}
+        ))
+
+    def _spectator_lost(self, spectator: Spectator046, reason: str) -> None:
+        if spectator.state == READY:
+            spectator.closed = True
+            self._drop_socket(spectator)
+            return
+        self._fail(spectator, "spectator_" + reason)  # type: ignore[arg-type]
+
+    def _send_failed(self, client: Any) -> None:
+        if type(client) is Spectator046:
+            self._spectator_lost(client, "send_failed")
+        else:
+            self._closed(client)
+
+    # -- results -----------------------------------------------------------------------
+
+    def _watching(self) -> list[Spectator046]:
+        return [s for s in self.spectators if s.state == READY and s.sources is not None]
+
+    def _spectator_lost_inputs(self, spectator: Spectator046) -> int:
+        lost = 0
+        for side in (0, 1):
+            source = spectator.sources[side]  # type: ignore[index]
+            start = spectator.base[side] if spectator.base[side] >= 0 else spectator.tx_at_grant[side]
+            lost += max(0, source.tx - start - spectator.rx[side])
+        return lost
+
+    def _drained(self, players: list[Client]) -> bool:
+        return super()._drained(players) and all(
+            self._spectator_lost_inputs(s) == 0 for s in self._watching() if not s.closed
+        )
+
+    def _start_window(self, now: float) -> None:
+        super()._start_window(now)
+        self.spectator_latency, self.spectator_read_latency = Histogram(), Histogram()
+        self.window["spectator_received"] = self.spectator_received
+        self.window["spectators_ready_at_start"] = self.spectators_ready
+
+    def _stop_window(self, now: float, cpu: float, preempted: int) -> None:
+        super()._stop_window(now, cpu, preempted)
+        self.window["spectator_received"] = (
+            self.spectator_received - self.window["spectator_received"]
+        )
+
+    def result(self) -> dict[str, Any]:
+        result = super().result()
+        watching = self._watching()
+        result.update(
+            spectators=len(self.spectators),
+            spectators_ready=len(watching),
+            spectators_ready_at_window=self.window.get("spectators_ready_at_start", 0),
+            spectator_received_total=sum(sum(s.rx) for s in watching),
+            spectator_lost=sum(self._spectator_lost_inputs(s) for s in watching),
+            spectator_gaps=sum(s.gaps for s in watching),
+            spectator_reordered=sum(s.reordered for s in watching),
+            spectator_closed=sum(1 for s in watching if s.closed),
+            spectator_pings=sum(s.pings for s in self.spectators),
+            spectator_latency=self.spectator_latency.to_sparse(),
+            spectator_read_latency=self.spectator_read_latency.to_sparse(),
+            login_rtt=self.login_rtt.to_sparse(),
+        )
+        return result
+
+    def close(self) -> None:
+        for spectator in self.spectators:
+            self._drop_socket(spectator)  # type: ignore[arg-type]
+        super().close()
+
+
+# ---------------------------------------------------------------------------
 # One experiment: N matches, in one or several processes
 
 
@@ -642,17 +1041,14 @@ def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
     """Body of one generator process: set up, report, wait for the start, play, report."""
     tighten_timer_slack()
     _clients.raise_open_file_limit()
-    worker = Worker(
-        spec["host"], spec["port"], spec["match_ids"], spec["prefix"], seed=spec["seed"],
-        connect_concurrency=spec["connect_concurrency"],
-        kernel_timestamps=spec["kernel_timestamps"],
-    )
+    worker = make_worker(spec, spec["match_ids"], spec["prefix"], spec["seed"])
     try:
         ready = worker.setup(spec["setup_timeout"])
         pipe.send(("ready", ready))
         command = pipe.recv()
         if command[0] == "start":
             _, start_at, measure_at, end_at = command
+            worker.spectate_at = start_at + spec["spectator_delay"]
             worker.run(
                 start_at, measure_at, end_at, drain=spec["drain"],
                 panel_interval=spec["panel_interval"],
@@ -660,6 +1056,20 @@ def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
         pipe.send(("result", worker.result()))
     finally:
         worker.close()
+
+
+def make_worker(spec: dict[str, Any], match_ids: list[int], prefix: str, seed: int) -> Worker:
+    """The worker for ``spec["dialect"]``: 004 players, or 046 players and spectators."""
+    common = dict(
+        seed=seed, connect_concurrency=spec["connect_concurrency"],
+        kernel_timestamps=spec["kernel_timestamps"],
+    )
+    if spec["dialect"] == "046":
+        return Worker046(
+            spec["host"], spec["port"], match_ids, prefix,
+            spectators_per_match=spec["spectators_per_match"], **common,
+        )
+    return Worker(spec["host"], spec["port"], match_ids, prefix, **common)
 
 
 def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str, Any]:
@@ -674,7 +1084,10 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         "host": args.host, "port": args.port, "prefix": f"lg{tag}p",
         "connect_concurrency": args.connect_concurrency, "setup_timeout": setup_timeout,
         "kernel_timestamps": not args.user_timestamps, "drain": 2.0,
-        "panel_interval": args.panel_interval,
+        # 046 clients make their own panels and never ask for them.
+        "panel_interval": 0.0 if args.dialect == "046" else args.panel_interval,
+        "dialect": args.dialect, "spectators_per_match": args.spectators_per_match,
+        "spectator_delay": args.spectator_delay,
     }
     processes = max(1, min(args.processes, matches)) if matches else 1
     shares = _split(matches, processes)
@@ -695,17 +1108,14 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
     results: list[dict[str, Any]] = []
     ready = 0
     if processes == 1:
-        worker = Worker(
-            args.host, args.port, shares[0], f"lg{tag}p0", seed=seed,
-            connect_concurrency=args.connect_concurrency,
-            kernel_timestamps=not args.user_timestamps,
-        )
+        worker = make_worker(spec_base, shares[0], f"lg{tag}p0", seed)
         try:
             ready = worker.setup(setup_timeout)
             start_at = time.monotonic() + 0.2
+            worker.spectate_at = start_at + args.spectator_delay
             worker.run(
                 start_at, start_at + args.warmup, start_at + args.warmup + args.duration,
-                panel_interval=args.panel_interval, on_measure=on_measure,
+                panel_interval=spec_base["panel_interval"], on_measure=on_measure,
             )
             results.append(worker.result())
         finally:
@@ -765,17 +1175,21 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
 
 
 def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int) -> dict[str, Any]:
-    histograms = {
-        name: Histogram()
-        for name in ("latency", "read_latency", "send_lag", "panel_rtt", "setup_panel_rtt")
-    }
+    names = ["latency", "read_latency", "send_lag", "panel_rtt", "setup_panel_rtt"]
+    keys = ["matches_ready", "sent_total", "received_total", "lost", "gaps", "reordered",
+            "closed", "pings", "panels", "opponent_panels"]
+    if "spectators" in results[0]:  # protocol 046
+        names += ["spectator_latency", "spectator_read_latency", "login_rtt"]
+        keys += ["spectators", "spectators_ready", "spectators_ready_at_window",
+                 "spectator_received_total", "spectator_lost", "spectator_gaps",
+                 "spectator_reordered", "spectator_closed", "spectator_pings"]
+    histograms = {name: Histogram() for name in names}
     total: dict[str, Any] = {"matches": matches, "processes": processes}
-    for key in ("matches_ready", "sent_total", "received_total", "lost", "gaps", "reordered",
-                "closed", "pings", "panels", "opponent_panels"):
+    for key in keys:
         total[key] = sum(result[key] for result in results)
     failures: dict[str, int] = {}
     window_seconds = []
-    sent = received = 0
+    sent = received = spectator_received = 0
     generator_cpu = 0.0
     preempted = 0
     for result in results:
@@ -788,6 +1202,7 @@ def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int
             window_seconds.append(window["seconds"])
             sent += window["sent"]
             received += window["received"]
+            spectator_received += window.get("spectator_received", 0)
             generator_cpu += window["cpu"]
             preempted += window["preempted"]
     total["setup_seconds"] = round(max(result["setup_seconds"] for result in results), 2)
@@ -796,6 +1211,8 @@ def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int
     total["window_seconds"] = round(seconds, 2)
     total["sent"] = sent
     total["received"] = received
+    if "spectators" in total:
+        total["spectator_received"] = spectator_received
     players = 2 * total["matches_ready"]
     total["rate_per_player"] = round(sent / seconds / players, 2) if seconds and players else None
     total["generator_cpu_percent"] = round(100 * generator_cpu / seconds, 1) if seconds else None
@@ -821,6 +1238,12 @@ def generator_limited(report: dict[str, Any]) -> bool:
 
 def passed(report: dict[str, Any], p99_limit_ms: float) -> bool:
     p99 = report["latency_ms"]["p99"]
+    if "spectators" in report and not (
+        report["spectators_ready"] == report["spectators"]
+        and report["spectator_lost"] == report["spectator_gaps"] == 0
+        and report["spectator_reordered"] == report["spectator_closed"] == 0
+    ):
+        return False
     return (
         report["matches_ready"] == report["matches"]
         and report["lost"] == 0
@@ -853,8 +1276,24 @@ def format_report(report: dict[str, Any]) -> str:
         row("latency ms (kernel receipt)", report["latency_ms"]),
         row("latency ms (generator read)", report["read_latency_ms"]),
         row("generator send lag ms", report["send_lag_ms"]),
-        row("panel round trip ms", report["panel_rtt_ms"]),
-        row("panel round trip ms, before", report["setup_panel_rtt_ms"]),
+    ]
+    if "spectators" in report:
+        lines += [
+            f"  spectators {report['spectators']} (watching {report['spectators_ready']}, "
+            f"{report['spectators_ready_at_window']} when the window opened)  inputs received "
+            f"{report['spectator_received']}  lost {report['spectator_lost']}  gaps "
+            f"{report['spectator_gaps']}  reordered {report['spectator_reordered']}  closed "
+            f"{report['spectator_closed']}",
+            row("to spectators ms (kernel)", report["spectator_latency_ms"]),
+            row("to spectators ms (read)", report["spectator_read_latency_ms"]),
+            row("login round trip ms", report["login_rtt_ms"]),
+        ]
+    else:
+        lines += [
+            row("panel round trip ms", report["panel_rtt_ms"]),
+            row("panel round trip ms, before", report["setup_panel_rtt_ms"]),
+        ]
+    lines += [
         f"  generator cpu {report['generator_cpu_percent']}% (of "
         f"{report['processes']} process(es)), preempted {report['generator_preempted']} times",
     ]
@@ -978,6 +1417,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-timestamps", action="store_true",
                         help="time receipt when the generator reads, not by kernel timestamps")
     parser.add_argument("--seed", type=int, default=None, help="seed of the send phases")
+    parser.add_argument("--dialect", choices=("004", "046"), default="004",
+                        help="004: the older clients; 046: the 2022 client, with login")
+    parser.add_argument("--spectators-per-match", type=int, default=0,
+                        help="046: spectators joining each match in progress")
+    parser.add_argument("--spectator-delay", type=float, default=1.0,
+                        help="046: seconds of play before the spectators connect")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per line instead of the text report")
     parser.add_argument("--ramp", action="store_true",
@@ -1023,6 +1468,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run_experiment(args, args.matches, str(os.getpid() % 100000))
     emit(report)
     ok = report["matches_ready"] == report["matches"] and report["lost"] == 0
+    if "spectators" in report:
+        ok = ok and report["spectators_ready"] == report["spectators"] and (
+            report["spectator_lost"] == 0
+        )
     return 0 if ok else 1
 
 
