@@ -257,6 +257,7 @@ class Lobby046:
         self.wall_clock_offset = 0.0
         # The latest ``now`` fed in, for events that come without one (disconnects).
         self._last_now = 0.0
+        self._encoded_lobby: tuple[int, bytes] | None = None
         self.players: dict[PlayerId, Player] = {}
         self.names: dict[str, Player] = {}  # by name_key: one name regardless of case
         self.rooms: dict[int, Room] = {}
@@ -354,7 +355,8 @@ class Lobby046:
             assert isinstance(outcome, storage.RankedProfilesOutcome)
             if player.user_id is not None and player.user_id in outcome.standings:
                 player.standing = outcome.standings[player.user_id]
-                self.version += 1  # the lobby shows ratings
+                if ratings.public_player_data(player.standing) is not None:
+                    self.version += 1  # the lobby list shows it
             return []
         if kind is storage.Leaderboard:
             assert isinstance(outcome, storage.LeaderboardOutcome)
@@ -419,10 +421,17 @@ class Lobby046:
                 self._held_back = True
                 continue
             if data is None:
-                data = encode_json(self.lobby_state())
+                data = self._encoded_lobby_state()
             player.seen_version = self.version
             sends.append(Send(player.id, data))
         return sends
+
+    def _encoded_lobby_state(self) -> bytes:
+        """The lobby list as sent, encoded once per version (a join storm asks often)."""
+        cached = self._encoded_lobby
+        if cached is None or cached[0] != self.version:
+            cached = self._encoded_lobby = (self.version, encode_json(self.lobby_state()))
+        return cached[1]
 
     def lobby_state(self) -> dict[str, Any]:
         unpaired = sorted(
@@ -446,7 +455,7 @@ class Lobby046:
         """The current lobby list, now, to players who just came back to the lobby."""
         if not players:
             return []
-        data = encode_json(self.lobby_state())
+        data = self._encoded_lobby_state()
         for player in players:
             player.seen_version = self.version
         return [Send(player.id, data) for player in players]

@@ -102,7 +102,6 @@ async def test_every_corpus_session_replays_byte_for_byte(path, autojump_clock):
     assert result.messages == sum(
         len(sent_messages(session, c)) for c in session.connections()
     )
-    assert result.real_seconds < 2.0  # milliseconds, in practice
 
 
 def test_the_corpus_covers_every_message_of_both_dialects():
