@@ -22,6 +22,15 @@ async def joined(server, name: str, **kwargs) -> Client046:
     return client
 
 
+async def in_a_room(server, *, playing: bool = False) -> tuple[Client046, Client046]:
+    """alice asked, bob accepted (bob is player 1); both in the match if ``playing``."""
+    alice, bob = await joined(server, "alice"), await joined(server, "bob")
+    await pair_up046(alice, bob)
+    if playing:
+        await start_match046(alice, bob)
+    return alice, bob
+
+
 async def test_whole_session_login_match_spectator_rematch_leave_and_relogin(autojump_clock):
     async with running_server(Config(), seed=5) as server:
         alice, bob = await joined(server, "alice"), await joined(server, "bob")
@@ -174,9 +183,7 @@ async def test_login_reply_comes_before_the_third_ping(autojump_clock):
 
 async def test_a_crashed_opponent_does_not_strand_the_other(autojump_clock):
     async with running_server(Config(game_over_timeout=4), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
-        await start_match046(alice, bob)
+        alice, bob = await in_a_room(server, playing=True)
         await alice.game_over(2)  # bob (player 1) never reports
         start = trio.current_time()
         assert (await alice.receive_until("win_counts"))["win_counts"] == [0, 1]
@@ -186,9 +193,7 @@ async def test_a_crashed_opponent_does_not_strand_the_other(autojump_clock):
 
 async def test_disagreeing_reports_are_a_draw(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
-        await start_match046(alice, bob)
+        alice, bob = await in_a_room(server, playing=True)
         await alice.game_over(1)
         await bob.game_over(2)
         select = await alice.receive_until("character_select")
@@ -198,8 +203,7 @@ async def test_disagreeing_reports_are_a_draw(autojump_clock):
 
 async def test_spectator_at_select_waits_for_match_start(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
+        alice, bob = await in_a_room(server)
         carol = connect046(server)
         lobby = await carol.join("carol")
         granted = await carol.spectate(lobby["spectatable"][0]["roomNumber"])
@@ -214,8 +218,7 @@ async def test_spectator_at_select_waits_for_match_start(autojump_clock):
 
 async def test_spectator_leaving_is_announced_and_returns_to_lobby(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
+        alice, bob = await in_a_room(server)
         carol = await joined(server, "carol")
         await carol.spectate(1)
         assert (await alice.receive_until("spectators"))["spectators"] == ["carol"]
@@ -226,8 +229,7 @@ async def test_spectator_leaving_is_announced_and_returns_to_lobby(autojump_cloc
 
 async def test_spectators_per_room_are_bounded(autojump_clock):
     async with running_server(Config(max_spectators_per_room=1), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
+        alice, bob = await in_a_room(server)
         first = await joined(server, "first")
         await first.spectate(1)
         second = await joined(server, "second")
@@ -239,9 +241,7 @@ async def test_spectators_per_room_are_bounded(autojump_clock):
 
 async def test_disconnect_mid_match_sends_leave_room_then_lobby(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
-        await start_match046(alice, bob)
+        alice, bob = await in_a_room(server, playing=True)
         carol = await joined(server, "carol")
         await carol.spectate(1)
         await alice.aclose()
@@ -253,8 +253,7 @@ async def test_disconnect_mid_match_sends_leave_room_then_lobby(autojump_clock):
 
 async def test_taunts_are_forwarded_with_player_number_and_rate_limited(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
+        alice, bob = await in_a_room(server)
         for _ in range(6):
             await bob.send_json({"taunt": True, "type": "taunt_ups", "index": 2})
         received = []
@@ -270,9 +269,7 @@ async def test_taunts_are_forwarded_with_player_number_and_rate_limited(autojump
 
 async def test_invalid_inputs_are_never_forwarded(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
-        await start_match046(alice, bob)
+        alice, bob = await in_a_room(server, playing=True)
         await bob.send(b"I\x00I-IA")
         assert await alice.receive_inputs("I", 1) == b"A"
         await alice.expect_silence(1)
@@ -281,9 +278,7 @@ async def test_invalid_inputs_are_never_forwarded(autojump_clock):
 
 async def test_older_letters_are_refused_without_harm(autojump_clock):
     async with running_server(Config(), seed=5) as server:
-        alice, bob = await joined(server, "alice"), await joined(server, "bob")
-        await pair_up046(alice, bob)
-        await start_match046(alice, bob)
+        alice, bob = await in_a_room(server, playing=True)
         await bob.send(b"P5123456L5")
         await alice.expect_silence(1)
         await bob.send_inputs("A")
