@@ -708,6 +708,8 @@ class Lobby046:
         room.match = None
         self.decisions_due.pop(room.number, None)
         room.move(RoomState.SELECTING)
+        # Taken before this game counts: a replay holds the counts at its start.
+        finish = self._finish(room, match, outcome, decided_by, now)
         sends: list[Action] = []
         if outcome in (1, 2):
             room.win_counts[outcome - 1] += 1
@@ -720,7 +722,6 @@ class Lobby046:
             "match_ended", room=room.number, outcome=outcome, decided_by=decided_by,
             win_counts=list(room.win_counts), seconds=round(now - match.started_at, 1),
         )
-        finish = self._finish(room, match, outcome, decided_by, now)
         sends.append(Store(room.players[0].id, finish))
         if match.ranked and outcome in (1, 2):
             # Select shows the new ratings: it waits for storage (milliseconds).

@@ -78,7 +78,9 @@ class FinishedMatch:
     decided_by: Decision
     started_at: float  # wall-clock seconds
     ended_at: float
-    win_counts: tuple[int, int] | None = None  # the room's after this game
+    # The room's win counts when the game started, as the client writes them:
+    # playback adds the game's own result.
+    win_counts: tuple[int, int] | None = None
 
 
 @attrs.frozen

@@ -286,6 +286,7 @@ def test_ranked_approval_and_a_rated_match_waits_for_its_new_ratings():
     finish = store.operation
     assert finish.match.ranked and finish.match.winner == 1
     assert finish.match.players[0].user_id == "22" and finish.match.players[0].inputs == "A"
+    assert finish.match.win_counts == (0, 0)  # at the start: playback adds the result
     assert all("character_select" not in p for p in decoded(sends) if isinstance(p, dict))
     before = (ratings.Standing(), ratings.Standing())
     after = ratings.rate_game(*before, winner=1)
