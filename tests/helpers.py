@@ -26,7 +26,7 @@ STOP_TIMEOUT = 10.0
 def server_command(*options: str) -> list[str]:
     """``netplay-server`` on a free loopback port, logging JSON, keeping its player
     database in memory, with ``options`` added (a later option wins)."""
-    return [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1",
+    return [sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "", "--host", "127.0.0.1",
             "--port", "0", "--log-format", "json", *options]
 
 

@@ -31,7 +31,7 @@ class ServerProcess:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "", "--host", "127.0.0.1", "--port", "0",
              "--log-format", "json"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

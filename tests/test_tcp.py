@@ -26,7 +26,7 @@ from netplay.testing import ConnectionClosed, ScriptedClient, pair_up, start_mat
 from netplay.wire import encode_json
 
 SERVER_COMMAND = [
-    sys.executable, "-m", "netplay", "--database", ":memory:",
+    sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "",
     "--host", "127.0.0.1", "--port", "0", "--log-format", "json", "--seed", "7",
 ]
 START_TIMEOUT = 10.0

@@ -28,7 +28,7 @@ def _serve(log_path: Path, *options: str) -> Iterator[tuple[int, int]]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1",
+                sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "", "--host", "127.0.0.1",
                 "--port", "0", "--log-format", "json", *options,
             ],
             stdout=subprocess.DEVNULL,
