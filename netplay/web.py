@@ -46,6 +46,11 @@ SEND_TIMEOUT = 10.0
 MAX_REQUESTS_PER_CONNECTION = 1000
 RECEIVE_SIZE = 8192
 RENDER_CACHE_SECONDS = 1.0
+# After an error response: how long, and how many bytes, to read and drop
+# before closing, so that the close does not turn into a reset that destroys
+# the response in flight.
+LINGER_SECONDS = 1.0
+MAX_LINGER_BYTES = 256 * 1024
 # How often the event loop's lag is measured.
 LOOP_LAG_INTERVAL = 0.1
 
@@ -148,7 +153,7 @@ class WebServer:
                     await self._send_error(connection, stream, error.error_status_hint)
                     return
             if waited.cancelled_caught:
-                if connection.their_state is not h11.IDLE:
+                if connection.their_state is not h11.IDLE or connection.trailing_data[0]:
                     # Half a request after all this time: a slow or hostile client.
                     await self._send_error(connection, stream, 408)
                 return
@@ -204,7 +209,21 @@ class WebServer:
             await self._send(stream, connection.send(h11.Data(data=body)))
             await self._send(stream, connection.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
-            pass
+            return
+        await self._linger(stream)
+
+    async def _linger(self, stream: trio.abc.Stream) -> None:
+        try:
+            await stream.send_eof()  # type: ignore[attr-defined]
+        except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < MAX_LINGER_BYTES:
+                chunk = await stream.receive_some(RECEIVE_SIZE)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     # -- responses ----------------------------------------------------------------------
 
