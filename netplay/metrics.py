@@ -127,7 +127,7 @@ class ServerCollector(Collector):
         )
 
         operations = CounterMetricFamily(
-            "netplay_storage_operations", "Database operations run (logins, imports)."
+            "netplay_storage_operations", "Database operations run (logins, stored games, imports)."
         )
         operations.add_metric([], counters.storage_operations)
         yield operations

@@ -153,7 +153,7 @@ async def test_slowloris_is_cut_off_after_the_request_timeout(autojump_clock):
         reply = await read_to_end(stream)
         assert reply.startswith(b"HTTP/1.1 408 "), reply
         assert trio.current_time() - start <= web.REQUEST_TIMEOUT + 1
-        await trio.sleep(web.LINGER_SECONDS)
+        await trio.sleep(web.LINGER_SECONDS + 1)
         assert site.connections == 0
         nursery.cancel_scope.cancel()
 
