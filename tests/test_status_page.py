@@ -66,7 +66,9 @@ def element_text(dom: str, element_id: str) -> str:
 
 @pytest.fixture
 def server_process(tmp_path):
-    server = ServerProcess(tmp_path / "server.log", ["--http-port", "0", "--idle-timeout", "120"])
+    server = ServerProcess(tmp_path / "server.log", [
+        "--http-port", "0", "--idle-timeout", "120", "--replays-directory", str(tmp_path / "replays"),
+    ])
     yield server
     server.stop()
 
