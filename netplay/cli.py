@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SECONDS",
                         help="pause after a read wake-up so one round serves many sockets "
                         "(%(default)s; 0 disables)")
+    parser.add_argument("--http-port", type=_bounded_int(0, 65535), default=defaults.http_port,
+                        metavar="PORT",
+                        help="serve metrics (/metrics) and a live status page (/) on this TCP "
+                        "port; 0 picks a free one (off by default)")
+    parser.add_argument("--http-host", default=defaults.http_host, metavar="ADDRESS",
+                        help="address of the HTTP port (default: same as --host)")
     parser.add_argument("--record", metavar="DIR", default=None,
                         help="write every connection's traffic to a session file in DIR")
     return parser
@@ -179,6 +185,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_queued_bytes=args.max_queued_bytes,
         shutdown_grace=args.shutdown_grace,
         read_coalesce=args.read_coalesce,
+        http_port=args.http_port,
+        http_host=args.http_host,
     )
 
 
@@ -225,9 +233,11 @@ async def serve(config: Config, record_dir: str | None = None) -> None:
 
 async def _serve_with(config: Config, record_dir: str | None, seed: int, database) -> None:
     from netplay.recording import open_recorder
+    from netplay import web
     from netplay.server import Server, open_listeners
 
     listeners = await open_listeners(config)
+    http_listeners = await web.open_listeners(config) if config.http_port is not None else None
     async with open_recorder(record_dir, config, seed) as recorder:
         server = Server(
             config, seed=seed, recorder=recorder, database=database,
@@ -235,21 +245,32 @@ async def _serve_with(config: Config, record_dir: str | None, seed: int, databas
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run, listeners)
-            tune_garbage_collector()
-            log.info(
-                "listening",
-                host=config.host,
-                port=server.port,
-                seed=seed,
-                client_versions=f"{min(config.client_versions, default='-')}"
-                f"..{max(config.client_versions, default='-')}",
-                document_versions=",".join(sorted(config.document_versions)),
-                v046_versions=",".join(sorted(config.v046_versions)),
-                database=config.database,
-                recording=recorder.path if recorder is not None else None,
-            )
-            await wait_for_stop_signal()
-            server.shutdown()
+            async with trio.open_nursery() as http_nursery:
+                if http_listeners is not None:
+                    site = await http_nursery.start(web.WebServer(server).run, http_listeners)
+                    log.info("http_listening", host=http_listeners[0].socket.getsockname()[0],
+                             port=site.port)
+                await _serve_until_stopped(config, server, recorder, seed)
+                http_nursery.cancel_scope.cancel()
+
+
+async def _serve_until_stopped(config: Config, server, recorder, seed: int) -> None:
+    """Log that the server is ready, wait for SIGINT or SIGTERM, start the shutdown."""
+    tune_garbage_collector()
+    log.info(
+        "listening",
+        host=config.host,
+        port=server.port,
+        seed=seed,
+        client_versions=f"{min(config.client_versions, default='-')}"
+        f"..{max(config.client_versions, default='-')}",
+        document_versions=",".join(sorted(config.document_versions)),
+        v046_versions=",".join(sorted(config.v046_versions)),
+        database=config.database,
+        recording=recorder.path if recorder is not None else None,
+    )
+    await wait_for_stop_signal()
+    server.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,11 @@ class Config:
     # Graceful shutdown: how long connections get to flush before being cut.
     shutdown_grace: float = 2.0
 
+    # The operator's HTTP port (metrics, status page); None: no HTTP port.
+    # ``http_host`` None listens on ``host``.
+    http_port: int | None = None
+    http_host: str | None = None
+
     def unlimited_ip(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)

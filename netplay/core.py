@@ -35,6 +35,7 @@ from netplay.errors import RemoteProtocolError
 from netplay.lobby import Lobby, PlayerState
 from netplay.lobby046 import InputRoute, Lobby046
 from netplay.ratings import PlacementRule
+from netplay.stats import Counters
 from netplay.wire import Decoder
 
 log = structlog.get_logger("netplay.core")
@@ -91,7 +92,11 @@ class ServerCore:
         """``run_id`` names this server run in stored games (see ``Lobby046``)."""
         self.config = config
         self.seed = seed
-        self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length)
+        # What happens, counted for the metrics and the status page (see ``stats``).
+        self.counters = Counters()
+        self._traffic = self.counters.traffic
+        results = self.counters.recent_results
+        self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length, results=results)
         self.lobby046 = Lobby046(
             seed=seed,
             max_spectators_per_room=config.max_spectators_per_room,
@@ -99,6 +104,7 @@ class ServerCore:
             placement_rule=PlacementRule(config.placement_rule),
             leaderboard_limit=config.leaderboard_limit,
             run_id=run_id,
+            results=results,
         )
         self.connections: dict[int, Connection] = {}
         self.connections_per_host: dict[str, int] = {}
@@ -111,11 +117,14 @@ class ServerCore:
         config = self.config
         if len(self.connections) >= config.max_connections:
             log.warning("connection_refused", reason="max_connections", host=host)
+            self.counters.connections_refused["max_connections"] += 1
             return None
         count = self.connections_per_host.get(host, 0)
         if count >= config.max_connections_per_ip and not config.unlimited_ip(host):
             log.warning("connection_refused", reason="max_connections_per_ip", host=host)
+            self.counters.connections_refused["max_connections_per_ip"] += 1
             return None
+        self.counters.connections_opened += 1
         connection_id = self._next_id
         self._next_id += 1
         self.connections_per_host[host] = count + 1
@@ -186,6 +195,7 @@ class ServerCore:
             if route is None or connection.phase is not Phase.OPEN:
                 return None
             connection.last_received = now
+            self._traffic.relayed_inputs += 1
             if not self._admit_message(connection, now):
                 return RELAY_DROPPED
             route.record(data[1])
@@ -194,6 +204,7 @@ class ServerCore:
         if target is None or connection.phase is not Phase.OPEN:
             return None
         connection.last_received = now
+        self._traffic.relayed_inputs += 1
         return target if self._admit_message(connection, now) else RELAY_DROPPED
 
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
@@ -206,6 +217,7 @@ class ServerCore:
         connection.last_received = now
         decoder = connection.decoder
         decoder.receive_data(data)
+        traffic = self._traffic
         actions: list[Action] = []
         while True:
             try:
@@ -213,15 +225,21 @@ class ServerCore:
             except RemoteProtocolError as error:
                 if connection.phase is Phase.AWAITING_HELLO:
                     log.warning("protocol_error", reason="expected_hello", got=error.reason)
+                    self.counters.protocol_errors["expected_hello"] += 1
                     return self._closing(connection, actions, "expected_hello")
                 if error.fatal:
                     log.warning("protocol_error", reason=error.reason, **error.context)
+                    self.counters.protocol_errors[error.reason] += 1
                     return self._closing(connection, actions, error.reason)
+                traffic.received_messages[decoder.last_letter] += 1
+                traffic.received_bytes[decoder.last_letter] += decoder.last_length
                 if self._admit_message(connection, now):
                     self._log_refusal(connection, error, now)
                 continue
             if frame is None:
                 return actions
+            traffic.received_messages[decoder.last_letter] += 1
+            traffic.received_bytes[decoder.last_letter] += decoder.last_length
             if not self._admit_message(connection, now):
                 continue
             self._dispatch(connection, frame, actions, now)
@@ -234,6 +252,7 @@ class ServerCore:
                 return  # e.g. a pong to a ping sent before the client said hello
             if type(frame) is not m.Hello:
                 log.warning("protocol_error", reason="expected_hello", got=type(frame).__name__)
+                self.counters.protocol_errors["expected_hello"] += 1
                 self._closing(connection, actions, "expected_hello")
                 return
             self._hello(connection, frame, actions)
@@ -252,7 +271,7 @@ class ServerCore:
         try:
             if kind is m.Json:
                 frame = parse_command(frame.payload)
-            actions.extend(self.lobby.handle(connection.id, frame))
+            actions.extend(self.lobby.handle(connection.id, frame, now))
         except RemoteProtocolError as error:
             self._log_refusal(connection, error, now)
 
@@ -331,6 +350,7 @@ class ServerCore:
                 )
             return True
         connection.tokens = tokens
+        self.counters.messages_dropped["flood"] += 1
         if not connection.flooding:
             connection.flooding = True
             connection.dropped_in_flood = 0
@@ -342,6 +362,7 @@ class ServerCore:
         return False
 
     def _log_refusal(self, connection: Connection, error: RemoteProtocolError, now: float) -> None:
+        self.counters.messages_refused[error.reason] += 1
         if now - connection.refusals_window_start >= REFUSAL_LOG_WINDOW:
             if connection.refusals_in_window > REFUSAL_LOG_LINES:
                 log.info(

@@ -29,6 +29,7 @@ request, pair and play each other.
 
 from __future__ import annotations
 
+import collections
 import enum
 import random
 from typing import Any, Callable
@@ -43,6 +44,7 @@ from netplay.dialect import Dialect
 from netplay.errors import LocalProtocolError, RemoteProtocolError
 from netplay.names import DEFAULT_MAX_NAME_LENGTH, name_problem
 from netplay.panels import MatchPanels
+from netplay.stats import MatchResult
 from netplay.wire import encode_json
 
 log = structlog.get_logger("netplay.lobby")
@@ -133,6 +135,8 @@ class Player:
 class Match:
     panels: MatchPanels
     game_over: list[bool] = attrs.Factory(lambda: [False, False])
+    # The time given with the message that started it; None if none was.
+    started_at: float | None = None
 
 
 @attrs.define(eq=False)
@@ -182,9 +186,20 @@ def shares_starting_board(first: Player, second: Player) -> bool:
 class Lobby:
     """Every player, request and room of one server.  See the module docstring."""
 
-    def __init__(self, *, seed: int, max_name_length: int = DEFAULT_MAX_NAME_LENGTH) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+        results: collections.deque[MatchResult] | None = None,
+    ) -> None:
+        """``results`` receives every finished match (the caller bounds it)."""
         self.seed = seed
         self.max_name_length = max_name_length
+        self.results = results if results is not None else collections.deque(maxlen=0)
+        self.matches_started = 0
+        # By how they ended: "agreement" (both reported game over) or "abandoned".
+        self.matches_ended: collections.Counter[str] = collections.Counter()
         self.players: dict[PlayerId, Player] = {}
         self.names: dict[str, Player] = {}
         self.rooms: dict[int, Room] = {}
@@ -195,6 +210,7 @@ class Lobby:
         self.paired_version = 0
         self._flushed_versions = (0, 0)
         self._held_back = False
+        self._now: float | None = None  # of the message being handled
         self._handlers = {
             m.Register: self._register,
             m.GameRequest: self._game_request,
@@ -214,11 +230,12 @@ class Lobby:
             raise LocalProtocolError(f"player {player_id} is already connected")
         self.players[player_id] = Player(player_id, dialect, version)
 
-    def handle(self, player_id: PlayerId, message: object) -> list[Send]:
+    def handle(self, player_id: PlayerId, message: object, now: float | None = None) -> list[Send]:
         """Apply one message from a player; return what to send to whom.
 
-        Raises a non-fatal RemoteProtocolError, with nothing applied, when the
-        message is not valid in the player's state or its content is refused.
+        ``now`` (the caller's clock, optional) only times matches.  Raises a
+        non-fatal RemoteProtocolError, with nothing applied, when the message
+        is not valid in the player's state or its content is refused.
         """
         player = self.players[player_id]
         kind = type(message)
@@ -227,6 +244,7 @@ class Lobby:
             raise LocalProtocolError(f"the lobby does not handle {kind.__name__}")
         if player.state not in allowed:
             raise _refuse("message_not_valid_in_state", player, message)
+        self._now = now
         return self._handlers[kind](player, message)
 
     def input_target(self, player_id: PlayerId) -> PlayerId | None:
@@ -384,9 +402,10 @@ class Lobby:
         if not all(room.match.game_over):
             return []
         room.move(RoomState.SELECTING)
-        room.match = None
+        match, room.match = room.match, None
         self.paired_version += 1
         log.info("match_ended", room=room.id)
+        self._record_result(room, match)
         for each in room.players:
             assert each.menu is not None
             each.menu = attrs.evolve(
@@ -442,11 +461,14 @@ class Lobby:
         assert room is not None
         first, second = room.players
         assert first.menu is not None and second.menu is not None
-        room.match = Match(MatchPanels(room.rng, shares_starting_board(first, second)))
+        room.match = Match(
+            MatchPanels(room.rng, shares_starting_board(first, second)), started_at=self._now
+        )
         room.move(RoomState.PLAYING)
         for player in room.players:
             player.move(PlayerState.PLAYING)
         self.paired_version += 1
+        self.matches_started += 1
         log.info(
             "match_started", room=room.id, a=first.name, b=second.name,
             shared_board=room.match.panels.share_starting_board,
@@ -456,9 +478,25 @@ class Lobby:
             Send(second.id, encode_json(d.render_match_start(second.menu, first.menu))),
         ]
 
+    def _record_result(self, room: Room, match: Match) -> None:
+        self.matches_ended["agreement"] += 1
+        now, started_at = self._now, match.started_at
+        first, second = room.players
+        self.results.append(MatchResult(
+            dialect="classic",
+            room=room.id,
+            players=(first.name or "", second.name or ""),
+            outcome=None,  # these clients never say who won
+            decided_by="agreement",
+            seconds=None if now is None or started_at is None else now - started_at,
+            ended_at=now if now is not None else 0.0,
+        ))
+
     def _close_room(self, room: Room, reason: str, **context: object) -> None:
         """Send both players of ``room`` (those still connected) back to the lobby."""
         del self.rooms[room.id]
+        if room.match is not None:
+            self.matches_ended["abandoned"] += 1
         for player in room.players:
             player.room = None
             if player.id in self.players:

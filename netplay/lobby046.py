@@ -47,6 +47,7 @@ from netplay.errors import LocalProtocolError, RemoteProtocolError
 from netplay.inputs import INPUT_BYTES, encode_for_catch_up
 from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
 from netplay.results import FinishGame
+from netplay.stats import MatchResult
 from netplay.wire import encode_json
 
 log = structlog.get_logger("netplay.lobby046")
@@ -245,9 +246,17 @@ class Lobby046:
         placement_rule: ratings.PlacementRule = ratings.PlacementRule.CLASSIC,
         leaderboard_limit: int = 100,
         run_id: str = "",
+        results: collections.deque[MatchResult] | None = None,
     ) -> None:
-        """``run_id`` tells this server run's games apart from another run's in storage."""
+        """``run_id`` tells this server run's games apart from another run's in storage;
+        ``results`` receives every finished match (the caller bounds it)."""
         self.seed = seed
+        self.results = results if results is not None else collections.deque(maxlen=0)
+        self.matches_started = 0
+        # By how they ended: agreement, disagreement, timeout, or abandoned.
+        self.matches_ended: collections.Counter[str] = collections.Counter()
+        # Login replies by outcome: a LoginResult value, or "no_user_id".
+        self.logins: collections.Counter[str] = collections.Counter()
         self.max_spectators_per_room = max_spectators_per_room
         self.game_over_timeout = game_over_timeout
         self.placement_rule = placement_rule
@@ -490,6 +499,7 @@ class Lobby046:
         if message.user_id == "":
             player.login = LoginState.REFUSED
             player.login_answered = True
+            self.logins["no_user_id"] += 1
             log.info("login_denied", player=player.id, name=player.name, reason="no_user_id")
             return [_send(player, d.login_denied(d.LOGIN_NO_USER_ID))]
         player.login = LoginState.PENDING
@@ -500,6 +510,7 @@ class Lobby046:
     ) -> list[Action]:
         result = outcome.result
         player.login_answered = True
+        self.logins[result.value] += 1
         context = {"player": player.id, "name": player.name, "result": result.value}
         if outcome.succeeded:
             player.login = LoginState.LOGGED_IN
@@ -681,6 +692,7 @@ class Lobby046:
             player.route = InputRoute(opponent.id, (), as_spectators, match.inputs[side])
         _route_to_spectators(room)
         self.version += 1
+        self.matches_started += 1
         log.info(
             "match_started", room=room.number, a=first.name, b=second.name, seed=seed,
             ranked=ranked,
@@ -722,6 +734,17 @@ class Lobby046:
             "match_ended", room=room.number, outcome=outcome, decided_by=decided_by,
             win_counts=list(room.win_counts), seconds=round(now - match.started_at, 1),
         )
+        self.matches_ended[decided_by] += 1
+        first, second = room.players
+        self.results.append(MatchResult(
+            dialect="v046",
+            room=room.number,
+            players=(first.name or "", second.name or ""),
+            outcome=outcome,
+            decided_by=decided_by,
+            seconds=now - match.started_at,
+            ended_at=now,
+        ))
         sends.append(Store(room.players[0].id, finish))
         if match.ranked and outcome in (1, 2):
             # Select shows the new ratings: it waits for storage (milliseconds).
@@ -791,6 +814,7 @@ class Lobby046:
         self.decisions_due.pop(room.number, None)
         sends: list[Action] = []
         if room.match is not None:
+            self.matches_ended["abandoned"] += 1
             # An abandoned match is kept too, without a winner and unrated.
             finish = self._finish(room, room.match, 0, "disconnect", self._last_now)
             sends.append(Store(room.players[0].id, finish))

@@ -31,6 +31,7 @@ from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
 from netplay.lobby046 import InputRoute
+from netplay.stats import INPUT_LETTER, RELAY_SAMPLE_EVERY
 
 log = structlog.get_logger("netplay.server")
 
@@ -119,6 +120,11 @@ class Server:
         self.config = config
         self.core = ServerCore(config, seed=seed, run_id=secrets.token_hex(6))
         self.replays_directory = replays_directory
+        self.counters = self.core.counters
+        self._traffic = self.counters.traffic
+        # When :meth:`run` started, on trio's clock and on the wall clock.
+        self.started_at: float | None = None
+        self.started_wall: float | None = None
         self.recorder = recorder
         if database is None:
             database, database_in_thread = storage.SqliteStorage(storage.MEMORY), False
@@ -146,6 +152,7 @@ class Server:
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until :meth:`shutdown`; then close every connection within the grace time."""
+        self.started_at, self.started_wall = trio.current_time(), time.time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             # Stored times are wall-clock; the lobby is fed trio's clock.
@@ -172,6 +179,10 @@ class Server:
         if self._poller is not None:
             self._poller.close()
             self._poller = None
+
+    def storage_pending(self) -> int:
+        """Storage operations waiting for the database."""
+        return self._storage_send.statistics().current_buffer_used
 
     def shutdown(self) -> None:
         """Stop accepting and close every connection (see :meth:`run`)."""
@@ -226,6 +237,7 @@ class Server:
             link = self.links.pop(connection_id)
             link.dead = True
             reason = link.close_reason or reason
+            self.counters.connections_closed[reason] += 1
             if self.recorder is not None:
                 self.recorder.closed(connection_id, reason, trio.current_time())
             self._execute(self.core.close_connection(connection_id))
@@ -255,6 +267,8 @@ class Server:
         context = contextvars.copy_context()
         relay_target, deliver, connection_id = self.core.relay_target, self._deliver, link.id
         relay = self._relay
+        traffic, current_time = self._traffic, trio.current_time
+        latency = traffic.relay_latency["direct"]
 
         def on_bytes(data: bytes | None, now: float) -> None:
             try:
@@ -263,10 +277,16 @@ class Server:
                     target = relay_target(connection_id, data, now)
                     if target is not None:
                         if type(target) is int:
-                            if target:
-                                deliver(target, data)
+                            if not target:
+                                return  # dropped by the flood limit
+                            deliver(target, data)
                         else:
                             relay(target, data)
+                        if traffic.relay_countdown:
+                            traffic.relay_countdown -= 1
+                        else:
+                            traffic.relay_countdown = RELAY_SAMPLE_EVERY - 1
+                            latency.observe(current_time() - now)
                         return
                     context.run(self._receive, link, data, now)  # no relay: the full path
                     return
@@ -308,8 +328,19 @@ class Server:
             self._receive(link, data, now)
         elif type(target) is not int:
             self._relay(target, data)
+            self._sample_relay("direct", now)
         elif target:  # not dropped by the flood limit
             self._deliver(target, data)
+            self._sample_relay("direct", now)
+
+    def _sample_relay(self, path: str, read_at: float) -> None:
+        """Time one relayed input in RELAY_SAMPLE_EVERY, from its read to now."""
+        traffic = self._traffic
+        if traffic.relay_countdown:
+            traffic.relay_countdown -= 1
+        else:
+            traffic.relay_countdown = RELAY_SAMPLE_EVERY - 1
+            traffic.relay_latency[path].observe(trio.current_time() - read_at)
 
     def _relay(self, route: InputRoute, data: bytes) -> None:
         """One 046 input: to the opponent as it came, to each spectator as ``U``/``I``."""
@@ -322,7 +353,12 @@ class Server:
 
     def _receive(self, link: Link, data: bytes, now: float) -> None:
         """Bytes that are not a lone relayed input: decode and act on every message."""
+        traffic = self._traffic
+        inputs_sent = traffic.sent_messages[INPUT_LETTER]
         self._execute(self.core.receive(link.id, data, now))
+        if traffic.sent_messages[INPUT_LETTER] != inputs_sent:
+            # An input relayed through the decoder: sampled like the per-frame path.
+            self._sample_relay("decoded", now)
 
     async def _writer(self, link: Link) -> None:
         stream, queue = link.stream, link.queue
@@ -391,6 +427,7 @@ class Server:
             self._storage_send.send_nowait(action)
         except trio.WouldBlock:
             log.warning("storage_queue_full", limit=MAX_PENDING_STORAGE_OPERATIONS)
+            self.counters.storage_failures["queue_full"] += 1
             outcome = storage.failed_outcome(action.operation, "too many pending operations")  # type: ignore[arg-type]
             self._execute(
                 self.core.stored(action.player, action.operation, outcome, trio.current_time())
@@ -406,6 +443,8 @@ class Server:
                 except trio.WouldBlock:
                     break
             operations = [action.operation for action in batch]
+            counters = self.counters
+            started = time.perf_counter()
             try:
                 run = partial(
                     results.run_batch, self.database, operations, self.replays_directory
@@ -417,6 +456,10 @@ class Server:
             except Exception as error:
                 log.exception("storage_failed", operations=len(operations))
                 outcomes = [storage.failed_outcome(op, str(error)) for op in operations]  # type: ignore[arg-type]
+                counters.storage_failures["error"] += len(operations)
+            # Wall time, not trio's: a virtual clock would hide the database's cost.
+            counters.storage_batches.observe(time.perf_counter() - started)
+            counters.storage_operations += len(operations)
             now = trio.current_time()
             for action, outcome in zip(batch, outcomes):
                 self._execute(self.core.stored(action.player, action.operation, outcome, now))
@@ -434,6 +477,10 @@ class Server:
         link = self.links.get(connection_id)
         if link is None or link.dead:
             return
+        traffic = self._traffic
+        letter = data[0]
+        traffic.sent_messages[letter] += 1
+        traffic.sent_bytes[letter] += len(data)
         if snapshot and link.queued_snapshot is not None:
             # A client that reads slowly gets the latest lobby, not every lobby.
             link.queue.remove(link.queued_snapshot)

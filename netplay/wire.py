@@ -147,7 +147,10 @@ class Decoder:
     the body is buffered.  After a fatal error the decoder refuses further use.
     """
 
-    __slots__ = ("_buffer", "_start", "_lengths", "_make", "_max_json_length", "_broken")
+    __slots__ = (
+        "_buffer", "_start", "_lengths", "_make", "_max_json_length", "_broken",
+        "last_letter", "last_length",
+    )
 
     def __init__(
         self,
@@ -163,6 +166,10 @@ class Decoder:
         self._start = 0
         self._max_json_length = max_json_length
         self._broken: RemoteProtocolError | None = None
+        # The letter and whole length of the last message consumed (returned,
+        # or refused as a non-fatal error): what the server counts per letter.
+        self.last_letter = 0
+        self.last_length = 0
 
     @property
     def buffered(self) -> int:
@@ -230,6 +237,8 @@ class Decoder:
         return result
 
     def _consume(self, end: int) -> None:
+        self.last_letter = self._buffer[self._start]
+        self.last_length = end - self._start
         if end == len(self._buffer):
             self._buffer.clear()
             self._start = 0

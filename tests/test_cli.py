@@ -175,6 +175,8 @@ EVERY_SETTING = {
     "max_queued_bytes": ("4096", 4096),
     "shutdown_grace": ("0.25", 0.25),
     "read_coalesce": ("0.0002", 0.0002),
+    "http_port": ("8080", 8080),
+    "http_host": ("127.0.0.1", "127.0.0.1"),
     "v046_versions": ("045-046", frozenset({"045", "046"})),
     "database": ("/tmp/players.sqlite3", "/tmp/players.sqlite3"),
     "max_spectators_per_room": ("3", 3),
@@ -281,3 +283,11 @@ def test_raise_open_file_limit_returns_the_soft_limit_in_force():
         assert hard == before[1]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_http_port_is_off_by_default_and_its_host_follows_host():
+    config = config_from_args(parse())
+    assert config.http_port is None and config.http_host is None
+    config = config_from_args(parse("--http-port", "0", "--http-host", "127.0.0.1"))
+    assert (config.http_port, config.http_host) == (0, "127.0.0.1")
+    assert_rejected("--http-port", "65536")
