@@ -60,6 +60,10 @@ TAUNT_WINDOW = 10.0
 # Inputs kept per player and match for late spectators: one hour at 60 a second.
 MAX_RECORDED_INPUTS = 60 * 60 * 60
 SEED_RANGE = (1, 9_999_999)
+# A lobby this large may answer a join with a list encoded a moment ago: up
+# to this many seconds per player (0.4 s at 2,000 players).
+STALE_LIST_MIN_PLAYERS = 256
+STALE_LIST_SECONDS_PER_PLAYER = 0.0002
 
 
 class PlayerState(enum.Enum):
@@ -266,7 +270,8 @@ class Lobby046:
         self.wall_clock_offset = 0.0
         # The latest ``now`` fed in, for events that come without one (disconnects).
         self._last_now = 0.0
-        self._encoded_lobby: tuple[int, bytes] | None = None
+        # The lobby list as last encoded: (version, when, bytes).
+        self._encoded_lobby: tuple[int, float, bytes] | None = None
         self.players: dict[PlayerId, Player] = {}
         self.names: dict[str, Player] = {}  # by name_key: one name regardless of case
         self.rooms: dict[int, Room] = {}
@@ -430,17 +435,34 @@ class Lobby046:
                 self._held_back = True
                 continue
             if data is None:
-                data = self._encoded_lobby_state()
+                data = self._encoded_lobby_state()[1]
             player.seen_version = self.version
             sends.append(Send(player.id, data))
         return sends
 
-    def _encoded_lobby_state(self) -> bytes:
-        """The lobby list as sent, encoded once per version (a join storm asks often)."""
+    def _encoded_lobby_state(self, *, stale_ok: bool = False) -> tuple[int, bytes]:
+        """The lobby list as sent and the version it shows, encoded once per version.
+
+        With ``stale_ok``, a large lobby may get a list a moment old (at most
+        :data:`STALE_LIST_SECONDS_PER_PLAYER` per player): in a join storm each
+        joiner needs a list at once, and encoding a fresh one per join would
+        cost O(players) each; the next broadcast brings the latest.
+        """
         cached = self._encoded_lobby
-        if cached is None or cached[0] != self.version:
-            cached = self._encoded_lobby = (self.version, encode_json(self.lobby_state()))
-        return cached[1]
+        if cached is not None:
+            version, encoded_at, data = cached
+            if version == self.version:
+                return version, data
+            players = len(self.names)
+            if (
+                stale_ok
+                and players >= STALE_LIST_MIN_PLAYERS
+                and self._last_now - encoded_at < players * STALE_LIST_SECONDS_PER_PLAYER
+            ):
+                return version, data
+        data = encode_json(self.lobby_state())
+        self._encoded_lobby = (self.version, self._last_now, data)
+        return self.version, data
 
     def lobby_state(self) -> dict[str, Any]:
         unpaired = sorted(
@@ -460,13 +482,17 @@ class Lobby046:
         )
         return d.lobby_state(unpaired, rooms, shown)
 
-    def _lobby_state_to(self, players: list[Player]) -> list[Send]:
-        """The current lobby list, now, to players who just came back to the lobby."""
+    def _lobby_state_to(self, players: list[Player], *, stale_ok: bool = False) -> list[Send]:
+        """The lobby list, now, to players who just came to the lobby.
+
+        A stale list (see :meth:`_encoded_lobby_state`) leaves them due for
+        the next broadcast.
+        """
         if not players:
             return []
-        data = self._encoded_lobby_state()
+        version, data = self._encoded_lobby_state(stale_ok=stale_ok)
         for player in players:
-            player.seen_version = self.version
+            player.seen_version = version
         return [Send(player.id, data) for player in players]
 
     # -- handlers: each checks everything before it changes anything -----------------
@@ -490,7 +516,7 @@ class Lobby046:
         log.info("player_registered", player=player.id, name=player.name)
         # At once, not with the next broadcast: the client leaves "Connecting..."
         # only on a J frame, and must log in before its third ping.
-        return self._lobby_state_to([player])
+        return self._lobby_state_to([player], stale_ok=True)
 
     def _login_request(self, player: Player, message: m.LoginRequest, now: float) -> list[Action]:
         if player.login is not LoginState.NONE:
@@ -524,7 +550,7 @@ class Lobby046:
                 reply = d.login_successful()
             sends: list[Action] = [_send(player, reply)]
             if player.state is PlayerState.LOBBY:
-                sends += self._lobby_state_to([player])
+                sends += self._lobby_state_to([player], stale_ok=True)
             assert outcome.user_id is not None
             sends.append(Store(player.id, storage.RankedProfiles((outcome.user_id,))))
             return sends
