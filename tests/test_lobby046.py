@@ -483,3 +483,19 @@ def test_snapshots_reach_lobby_players_once_per_change(room):
     assert [send.player for send in sends] == [3]
     assert room.lobby.snapshots() == []
     assert not room.lobby.snapshot_due
+
+
+def test_a_join_storm_gets_the_list_as_last_encoded_and_the_broadcast_the_latest(table):
+    for number in range(1, 300):
+        table.join(number, f"p{number}")
+    first_list = decoded(table.join(300, "late"), 300)[0]
+    assert "late" not in first_list["unpaired"]  # encoded a moment ago, for someone else
+    assert 300 in [send.player for send in table.lobby.snapshots()]
+    table.now = 1.0  # long after: a fresh list again
+    assert "later" in decoded(table.join(301, "later"), 301)[0]["unpaired"]
+
+
+def test_a_small_lobby_always_answers_a_join_with_the_latest_list(table):
+    for number in range(1, 20):
+        table.join(number, f"p{number}")
+    assert "last" in decoded(table.join(20, "last"), 20)[0]["unpaired"]
