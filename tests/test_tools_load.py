@@ -144,6 +144,40 @@ def test_loadgen_046_players_and_spectators_each_get_their_latency(server046):
     assert report["spectator_pings"] >= 6  # silent for over a second, pinged, and answered
 
 
+def test_loadgen_046_finishing_ranked_games_are_stored_once_with_replays(tmp_path):
+    """--finish-matches: some games end mid-run; their latency window and storage are checked."""
+    database, replays = tmp_path / "games.sqlite3", tmp_path / "replays"
+    server = _serve(
+        tmp_path / "server.log", "--ping-interval", "1.0", "--idle-timeout", "3.0",
+        "--placement-rule", "relaxed", "--database", str(database),
+        "--replays-directory", str(replays),
+    )
+    port, pid = next(server)
+    try:
+        [report] = run_tool(
+            "loadgen.py", "--port", port, "--dialect", "046", "--matches", 4,
+            "--finish-matches", 2, "--finish-at", 0.5, "--finish-spread", 0.2,
+            "--finish-window", 0.5, "--ranked", "--warmup", 0.5, "--duration", 1.5,
+            "--server-pid", pid, "--database", database, "--replays-directory", replays,
+        )
+    finally:
+        server.close()
+    assert report["matches_ready"] == 4 and report["failures"] == {}
+    assert report["ranked_matches"] == 4
+    assert report["finish_scheduled"] == report["finished_matches"] == 2
+    assert report["games_over_sent"] == 4 and report["results_back"] == 4
+    assert report["result_rtt_ms"]["n"] == 4
+    assert report["lost"] == report["gaps"] == report["reordered"] == report["closed"] == 0
+    assert 45 <= report["rate_per_player"] <= 65  # the two matches still playing
+    window = report["finish_window"]
+    assert window["players"]["n"] > 0
+    assert [second["second"] for second in window["players_per_second"]] == [-0.5, 0.5]
+    assert report["stored"] == {
+        "expected": 2, "stored_once": 2, "missing": 0, "duplicated": 0, "wrong_result": 0,
+        "rated_with_history": 2, "replay_files": 2, "ok": True,
+    }
+
+
 def test_loginstorm_answers_new_and_returning_logins(server046):
     port, pid = server046
     [report] = run_tool(

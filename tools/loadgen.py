@@ -30,6 +30,18 @@ its lag behind its schedule, and the generator's own CPU use is reported.
 When the lag or the input rate shows the generator fell behind, the report
 says so.
 
+Finishing games (046)
+---------------------
+``--finish-matches N`` ends the game of N of the matches during the measured
+window, spread over ``--finish-spread`` seconds from ``--finish-at``: both
+players send ``game_over`` with the same outcome and then idle at select, while
+the other matches keep playing.  The latency of the inputs sent around those
+game ends (``--finish-window`` seconds either side) is reported apart, per
+second, and so is the time until select comes back.  ``--ranked`` makes every
+match ranked (the server needs ``--placement-rule relaxed``), and
+``--database`` / ``--replays-directory`` check afterwards, in the server's
+files, that each ended game was stored exactly once with its replay file.
+
 Examples::
 
     taskset -c 1 .venv/bin/python tools/loadgen.py --port 49569 --matches 200 \\
@@ -47,6 +59,7 @@ import os
 import random
 import resource
 import socket
+import sqlite3
 import struct
 import sys
 import time
@@ -183,7 +196,7 @@ class Client(_clients.Client):
     __slots__ = (
         "is_first", "partner", "inbuf", "need", "sent_at", "tx", "rx", "rx_next", "gaps",
         "reordered", "panel_due", "panel_sent_at", "last_row", "panels", "opponent_panels",
-        "phase", "closed",
+        "phase", "closed", "finish_due", "finish_sent_at", "outcome",
     )
 
     def __init__(self, index: int, name: str, is_first: bool) -> None:
@@ -205,6 +218,11 @@ class Client(_clients.Client):
         self.opponent_panels = 0
         self.phase = 0.0
         self.closed = False  # the server closed the connection
+        # 046 --finish-matches: when this player reports game_over (monotonic;
+        # infinity: never, minus infinity: done), when it did, and the outcome.
+        self.finish_due = math.inf
+        self.finish_sent_at = 0.0
+        self.outcome = 0
 
 
 class Worker(_clients.EpollClients):
@@ -248,6 +266,12 @@ class Worker(_clients.EpollClients):
         self.recv_size = 65536
         self.window: dict[str, Any] = {}
         self.setup_seconds = 0.0
+        # Latency of the inputs sent in the window around the finishing
+        # second (046 --finish-matches), one histogram per second of it;
+        # ``finish_window_start`` is wall-clock, infinity when there is none.
+        self.finish_window_start = math.inf
+        self.finish_window_length = 0.0
+        self.finish_latency: list[Histogram] = []
 
     # -- connection set-up ------------------------------------------------------
 
@@ -348,6 +372,9 @@ class Worker(_clients.EpollClients):
             self.latency.counts[index] += 1
         else:
             self.latency.record(latency)
+        offset = sent_at - self.finish_window_start
+        if 0.0 <= offset < self.finish_window_length:
+            self.finish_latency[int(offset)].record(latency)
         latency = read_at - sent_at
         index = int(latency * 100_000.0)
         if 0 <= index < 10_000:
@@ -537,7 +564,11 @@ class Worker(_clients.EpollClients):
                 batch -= 1
                 client = players[slot]
                 sock = client.sock
-                if sock is not None and not client.closed:
+                due = client.finish_due
+                if due <= now:
+                    if due > -math.inf:  # this player's game ends now: no more inputs
+                        self._send_game_over(client, now)
+                elif sock is not None and not client.closed:
                     lag = monotonic() - next_at
                     index = int(lag * 100_000.0)
                     if index < 10_000:
@@ -594,18 +625,28 @@ class Worker(_clients.EpollClients):
                 break
             poll(0.01)
 
+    def _send_game_over(self, client: Client, now: float) -> None:
+        """End ``client``'s game (046 only: 004 players never get a ``finish_due``)."""
+        raise NotImplementedError
+
     def _drained(self, players: list[Client]) -> bool:
         """Whether every input sent has arrived wherever it was going."""
         return all(c.rx >= c.partner.tx for c in players if not c.closed)  # type: ignore[union-attr]
 
+    def _finisher_sends(self) -> int:
+        """Inputs sent so far by players whose game ends during the run."""
+        return sum(c.tx for c in self.clients if c.finish_due != math.inf)
+
     def _start_window(self, now: float) -> None:
         self.latency, self.read_latency, self.send_lag = Histogram(), Histogram(), Histogram()
         self.setup_panel_rtt, self.panel_rtt = self.panel_rtt, Histogram()
-        self.window = {"start": now, "sent": self.sent, "received": self.received}
+        self.window = {"start": now, "sent": self.sent, "received": self.received,
+                       "finisher_sent": self._finisher_sends()}
 
     def _stop_window(self, now: float, cpu: float, preempted: int) -> None:
         self.window["seconds"] = now - self.window["start"]
         self.window["sent"] = self.sent - self.window["sent"]
+        self.window["finisher_sent"] = self._finisher_sends() - self.window["finisher_sent"]
         self.window["received"] = self.received - self.window["received"]
         self.window["cpu"] = cpu
         self.window["preempted"] = preempted
@@ -646,6 +687,20 @@ V046_READY_STATE = encode_json({"menu_state": {
 V046_NEW_LOGIN = encode_json({"login_request": True, "user_id": "need a new user id"})
 
 
+def v046_menu_state(*, ranked: bool, ready: bool) -> bytes:
+    return encode_json({"menu_state": {
+        "cursor": "__Ready", "character": "lip", "character_display_name": "Lip",
+        "stage": "pa_stages_fire", "stage_is_random": "pa_stages_fire",
+        "panels_dir": "pdp_ta_common", "level": 5, "ranked": ranked, "loaded": True,
+        "wants_ready": ready, "ready": ready,
+    }})
+
+
+V046_RANKED_STATE = v046_menu_state(ranked=True, ready=False)
+V046_RANKED_READY_STATE = v046_menu_state(ranked=True, ready=True)
+RANKED_RETRY_SECONDS = 0.1
+
+
 def hello046(name: str) -> bytes:
     """``H046`` and the name message, one write, as the 2022 client sends them."""
     return b"H046" + encode_json({
@@ -660,13 +715,16 @@ def hello046(name: str) -> bytes:
 class Player046(Client):
     """A 2022 client that plays: logs in, pairs, readies, and plays as a Client does."""
 
-    __slots__ = ("number", "login_sent_at")
+    __slots__ = ("number", "login_sent_at", "ready_sent", "retry_at", "result_at")
 
     def __init__(self, index: int, name: str, is_first: bool) -> None:
         super().__init__(index, name, is_first)
         self.hello = hello046(name)
         self.number = 0  # 1 or 2, as create_room says
         self.login_sent_at = 0.0
+        self.ready_sent = False  # --ranked: the ready menu_state went out
+        self.retry_at = 0.0  # --ranked: when to ask for approval again (0: not waiting)
+        self.result_at = 0.0  # when character_select came back after game_over
 
 
 class Spectator046(_clients.Client):
@@ -711,6 +769,11 @@ class Worker046(Worker):
     matches in progress), log in, find their match's room number in a lobby
     list and send ``spectate_request``; from ``spectate_request_granted`` on,
     their inputs' latency and loss are counted apart from the players'.
+
+    ``finish_ranks`` (match id -> rank among the finishing matches, of
+    ``finish_total``) names the matches whose game ends during the run: see
+    :meth:`schedule_finish`.  With ``ranked`` every player asks for a ranked
+    match (ranked, not ready; ready once ``ranked_match_approved`` comes).
     """
 
     def __init__(
@@ -724,12 +787,25 @@ class Worker046(Worker):
         spectators_per_match: int = 0,
         connect_concurrency: int = 100,
         kernel_timestamps: bool = True,
+        finish_ranks: dict[int, int] | None = None,
+        finish_total: int = 0,
+        ranked: bool = False,
     ) -> None:
         super().__init__(
             host, port, [], name_prefix, seed=seed, connect_concurrency=connect_concurrency,
             kernel_timestamps=kernel_timestamps,
         )
         self.spectators: list[Spectator046] = []
+        self.match_ids = list(match_ids)
+        self.finish_ranks = dict(finish_ranks or {})
+        self.finish_total = finish_total
+        self.ranked = ranked
+        self.ranked_retries: list[Player046] = []
+        self.ranked_started = 0  # match_start messages saying ranked
+        self.games_over_sent = 0
+        self.result_rtt = Histogram()  # last game_over of a match -> character_select
+        self.finish_spectator_latency: list[Histogram] = []
+        self.finish_meta: dict[str, Any] = {}
         for match_id in match_ids:
             # Names of at most 16 letters, digits and underscores, as 046 wants.
             first = Player046(2 * match_id, f"{name_prefix}{match_id}a", True)
@@ -778,11 +854,36 @@ class Worker046(Worker):
             if client.state == REQUESTED:
                 client.number = payload.get("your_player_number", 0)  # type: ignore[attr-defined]
                 client.state = ROOM
-                self._send(client, V046_READY_STATE)
+                self._send(client, V046_RANKED_STATE if self.ranked else V046_READY_STATE)
+            elif "character_select" in payload and client.finish_sent_at and not (
+                client.result_at  # type: ignore[attr-defined]
+            ):
+                # Back at select after game_over (a ranked game waits for its rating).
+                now = time.monotonic()
+                client.result_at = now  # type: ignore[attr-defined]
+                partner = client.partner
+                assert partner is not None
+                if partner.finish_sent_at:
+                    self.result_rtt.record(
+                        now - max(client.finish_sent_at, partner.finish_sent_at)
+                    )
+        elif "ranked_match_approved" in payload:
+            if self.ranked and client.state == ROOM and not client.ready_sent:  # type: ignore[attr-defined]
+                client.ready_sent = True  # type: ignore[attr-defined]
+                self._send(client, V046_RANKED_READY_STATE)
+        elif "ranked_match_denied" in payload:
+            # Usually the partner's ranked menu_state (or its rating) is not in yet.
+            if self.ranked and client.state == ROOM and not (
+                client.ready_sent or client.retry_at  # type: ignore[attr-defined]
+            ):
+                client.retry_at = time.monotonic() + RANKED_RETRY_SECONDS  # type: ignore[attr-defined]
+                self.ranked_retries.append(client)  # type: ignore[arg-type]
         elif "match_start" in payload:
             if client.state == ROOM:
                 client.state = READY
                 self.ready_clients += 1
+                if payload.get("ranked") is True:
+                    self.ranked_started += 1
         elif "choose_another_name" in payload:
             self._fail(client, "name_refused")
         elif "leave_room" in payload:
@@ -791,9 +892,70 @@ class Worker046(Worker):
                 if client.state < READY:
                     self._fail(client, "left_room_during_setup")
 
+    def _ask_ranked_again(self, now: float) -> None:
+        waiting = []
+        for client in self.ranked_retries:
+            if client.retry_at > now:
+                waiting.append(client)
+                continue
+            client.retry_at = 0.0
+            if client.state == ROOM and not client.ready_sent:
+                self._send(client, V046_RANKED_STATE)
+        self.ranked_retries = waiting
+
+    # -- finishing games ----------------------------------------------------------------
+
+    def schedule_finish(
+        self, finish_at: float, spread: float, margin: float
+    ) -> None:
+        """Give the finishing matches their game_over time (monotonic).
+
+        The match of rank ``r`` ends at ``finish_at + spread * r / total``: both
+        players report ``game_over`` with the same outcome (player 1 wins at
+        even ranks, player 2 at odd ones) at their first send slot from then
+        on, and send no more inputs.  Inputs sent from ``margin`` seconds before
+        ``finish_at`` to ``margin`` seconds after the last game_over are timed
+        apart, per second.
+        """
+        if not self.finish_total:
+            return
+        for match_id, (first, second) in zip(self.match_ids, self.pairs):
+            rank = self.finish_ranks.get(match_id)
+            if rank is None:
+                continue
+            due = finish_at + spread * rank / self.finish_total
+            outcome = 1 if rank % 2 == 0 else 2
+            for client in (first, second):
+                if client.state == READY:
+                    client.finish_due, client.outcome = due, outcome
+        length = spread + 2 * margin
+        seconds = max(1, math.ceil(length))
+        self.finish_window_start = time.time() + (finish_at - margin - time.monotonic())
+        self.finish_window_length = length
+        self.finish_latency = [Histogram() for _ in range(seconds)]
+        self.finish_spectator_latency = [Histogram() for _ in range(seconds)]
+        self.finish_meta = {"margin": margin, "spread": spread, "seconds": seconds}
+
+    def _send_game_over(self, client: Client, now: float) -> None:
+        client.finish_due = -math.inf
+        client.finish_sent_at = time.monotonic()
+        self.games_over_sent += 1
+        self._send(client, encode_json({"game_over": True, "outcome": client.outcome}))
+
+    def finished_pairs(self) -> list[list[Any]]:
+        """[player 1's name, player 2's name, outcome] of each game that was ended."""
+        pairs = []
+        for first, second in self.pairs:
+            if first.finish_sent_at and second.finish_sent_at:
+                one, two = (first, second) if first.number == 1 else (second, first)  # type: ignore[attr-defined]
+                pairs.append([one.name, two.name, first.outcome])
+        return pairs
+
     # -- spectators ------------------------------------------------------------------
 
     def _poll(self, timeout: float) -> None:
+        if self.ranked_retries:
+            self._ask_ranked_again(time.monotonic())
         if self.connect_queue or self.retries or not self.spectators_queued:
             now = time.monotonic()
             if not self.spectators_queued and now >= self.spectate_at:
@@ -903,6 +1065,9 @@ class Worker046(Worker):
         sent_at = source.sent_at[position]
         self.spectator_latency.record(arrived_at - sent_at)
         self.spectator_read_latency.record(read_at - sent_at)
+        offset = sent_at - self.finish_window_start
+        if 0.0 <= offset < self.finish_window_length:
+            self.finish_spectator_latency[int(offset)].record(arrived_at - sent_at)
 
     def _spectator_json(self, spectator: Spectator046, body: bytes) -> None:
         state = spectator.state
@@ -1021,6 +1186,22 @@ class Worker046(Worker):
             spectator_read_latency=self.spectator_read_latency.to_sparse(),
             login_rtt=self.login_rtt.to_sparse(),
         )
+        if self.finish_total:
+            result.update(
+                finish_scheduled=sum(
+                    1 for match_id, (first, _) in zip(self.match_ids, self.pairs)
+                    if match_id in self.finish_ranks and first.finish_due != math.inf
+                ),
+                games_over_sent=self.games_over_sent,
+                finished_pairs=self.finished_pairs(),
+                results_back=sum(1 for c in self.clients if c.result_at),  # type: ignore[attr-defined]
+                result_rtt=self.result_rtt.to_sparse(),
+                finish_latency=[h.to_sparse() for h in self.finish_latency],
+                finish_spectator_latency=[h.to_sparse() for h in self.finish_spectator_latency],
+                finish_meta=self.finish_meta,
+            )
+        if self.ranked:
+            result["ranked_matches"] = self.ranked_started // 2
         return result
 
     def close(self) -> None:
@@ -1037,6 +1218,12 @@ def _split(count: int, parts: int) -> list[list[int]]:
     return [list(range(part, count, parts)) for part in range(parts)]
 
 
+def finishing_ranks(matches: int, finishing: int) -> dict[int, int]:
+    """Match id -> rank of the ``finishing`` matches whose game ends, spread evenly over ids."""
+    finishing = max(0, min(finishing, matches))
+    return {i * matches // finishing: i for i in range(finishing)} if finishing else {}
+
+
 def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
     """Body of one generator process: set up, report, wait for the start, play, report."""
     tighten_timer_slack()
@@ -1049,6 +1236,10 @@ def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
         if command[0] == "start":
             _, start_at, measure_at, end_at = command
             worker.spectate_at = start_at + spec["spectator_delay"]
+            if isinstance(worker, Worker046):
+                worker.schedule_finish(
+                    measure_at + spec["finish_at"], spec["finish_spread"], spec["finish_margin"]
+                )
             worker.run(
                 start_at, measure_at, end_at, drain=spec["drain"],
                 panel_interval=spec["panel_interval"],
@@ -1065,9 +1256,12 @@ def make_worker(spec: dict[str, Any], match_ids: list[int], prefix: str, seed: i
         kernel_timestamps=spec["kernel_timestamps"],
     )
     if spec["dialect"] == "046":
+        ranks = spec.get("finish_ranks", {})
         return Worker046(
             spec["host"], spec["port"], match_ids, prefix,
-            spectators_per_match=spec["spectators_per_match"], **common,
+            spectators_per_match=spec["spectators_per_match"],
+            finish_ranks={m: ranks[m] for m in match_ids if m in ranks},
+            finish_total=len(ranks), ranked=spec.get("ranked", False), **common,
         )
     return Worker(spec["host"], spec["port"], match_ids, prefix, **common)
 
@@ -1088,6 +1282,9 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         "panel_interval": 0.0 if args.dialect == "046" else args.panel_interval,
         "dialect": args.dialect, "spectators_per_match": args.spectators_per_match,
         "spectator_delay": args.spectator_delay,
+        "finish_ranks": finishing_ranks(matches, args.finish_matches),
+        "finish_at": args.finish_at, "finish_spread": args.finish_spread,
+        "finish_margin": args.finish_window, "ranked": args.ranked,
     }
     processes = max(1, min(args.processes, matches)) if matches else 1
     shares = _split(matches, processes)
@@ -1113,6 +1310,11 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
             ready = worker.setup(setup_timeout)
             start_at = time.monotonic() + 0.2
             worker.spectate_at = start_at + args.spectator_delay
+            if isinstance(worker, Worker046):
+                worker.schedule_finish(
+                    start_at + args.warmup + args.finish_at, args.finish_spread,
+                    args.finish_window,
+                )
             worker.run(
                 start_at, start_at + args.warmup, start_at + args.warmup + args.duration,
                 panel_interval=spec_base["panel_interval"], on_measure=on_measure,
@@ -1155,6 +1357,14 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
     report = merge_results(results, matches=matches, processes=processes)
     report["duration"] = args.duration
     report["warmup"] = args.warmup
+    pairs = report.pop("finished_pairs", None)
+    if pairs is not None:
+        report["finish_at"] = args.finish_at
+        if args.database:
+            report["stored"] = check_stored(
+                args.database, args.replays_directory, pairs, ranked=args.ranked,
+                timeout=args.store_timeout,
+            )
     if meter is not None:
         report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
         report["server_rss_mib"] = _procstat.mib(_procstat.rss_bytes(server_pid))
@@ -1220,7 +1430,112 @@ def merge_results(results: list[dict[str, Any]], *, matches: int, processes: int
     total["generator_preempted"] = preempted
     for name, histogram in histograms.items():
         total[name + "_ms"] = histogram.summary_ms()
+    if "finish_latency" in results[0]:
+        _merge_finish(total, results, seconds)
     return total
+
+
+def _merge_finish(total: dict[str, Any], results: list[dict[str, Any]], seconds: float) -> None:
+    """The finishing games: counts, the result round trip, and the latency around them."""
+    meta = next((r["finish_meta"] for r in results if r["finish_meta"]), {})
+    for key in ("finish_scheduled", "games_over_sent", "results_back"):
+        total[key] = sum(result[key] for result in results)
+    total["finished_pairs"] = [pair for result in results for pair in result["finished_pairs"]]
+    total["finished_matches"] = len(total["finished_pairs"])
+    if "ranked_matches" in results[0]:
+        total["ranked_matches"] = sum(result["ranked_matches"] for result in results)
+    rtt = Histogram()
+    for result in results:
+        rtt.add_sparse(result["result_rtt"])
+    total["result_rtt_ms"] = rtt.summary_ms()
+    total["finish_window"] = {
+        "margin": meta.get("margin"), "spread": meta.get("spread"),
+    }
+    for kind, key in (("players", "finish_latency"), ("spectators", "finish_spectator_latency")):
+        count = meta.get("seconds", 0)
+        per_second = [Histogram() for _ in range(count)]
+        whole = Histogram()
+        for result in results:
+            for index, sparse in enumerate(result[key]):
+                per_second[index].add_sparse(sparse)
+                whole.add_sparse(sparse)
+        if kind == "spectators" and not whole.count:
+            continue
+        total["finish_window"][kind] = whole.summary_ms()
+        total["finish_window"][kind + "_per_second"] = [
+            dict(histogram.summary_ms(), second=round(index - meta["margin"], 3))
+            for index, histogram in enumerate(per_second)
+        ]
+    # Players whose game ended stop sending: the rate is the others'.
+    players = 2 * (total["matches_ready"] - total["finish_scheduled"])
+    steady = total["sent"] - sum(r["window"].get("finisher_sent", 0) for r in results)
+    total["rate_per_player"] = (
+        round(steady / seconds / players, 2) if seconds and players > 0 else None
+    )
+
+
+def check_stored(
+    database: str, replays_directory: str | None, pairs: list[list[Any]], *, ranked: bool,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Whether each ended game is in the server's database exactly once, as reported.
+
+    ``pairs`` are [player 1, player 2, outcome]; waits up to ``timeout`` for
+    storage to catch up.  With ``replays_directory``, each game's replay file
+    must exist there, non-empty.
+    """
+    expected = {(one, two): outcome for one, two, outcome in pairs}
+    deadline = time.monotonic() + timeout
+    while True:
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = connection.execute(
+                "SELECT game_id, player1_name, player2_name, winner, decided_by, ranked, rated,"
+                " replay_path FROM games"
+            ).fetchall()
+            history = dict(connection.execute(
+                "SELECT game_id, COUNT(*) FROM rating_history WHERE kind = 'game' GROUP BY game_id"
+            ).fetchall())
+        finally:
+            connection.close()
+        found: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        for row in rows:
+            key = (row[1], row[2])
+            if key in expected:
+                found.setdefault(key, []).append(row)
+        if len(found) == len(expected) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    once = sum(1 for games in found.values() if len(games) == 1)
+    wrong = rated = replays = 0
+    for key, games in found.items():
+        for game_id, _, _, winner, decided_by, is_ranked, is_rated, path in games:
+            if winner != expected[key] or decided_by != "agreement" or (
+                ranked and not (is_ranked and is_rated)
+            ):
+                wrong += 1
+            if is_rated and history.get(game_id) == 2:
+                rated += 1
+            if path and replays_directory:
+                full = os.path.join(replays_directory, path)
+                if os.path.isfile(full) and os.path.getsize(full) > 0:
+                    replays += 1
+    report = {
+        "expected": len(expected),
+        "stored_once": once,
+        "missing": len(expected) - len(found),
+        "duplicated": sum(1 for games in found.values() if len(games) > 1),
+        "wrong_result": wrong,
+        "rated_with_history": rated,
+    }
+    if replays_directory:
+        report["replay_files"] = replays
+    report["ok"] = (
+        once == len(expected) and wrong == 0
+        and (not ranked or rated == len(expected))
+        and (not replays_directory or replays == len(expected))
+    )
+    return report
 
 
 def generator_limited(report: dict[str, Any]) -> bool:
@@ -1293,6 +1608,24 @@ def format_report(report: dict[str, Any]) -> str:
             row("panel round trip ms", report["panel_rtt_ms"]),
             row("panel round trip ms, before", report["setup_panel_rtt_ms"]),
         ]
+    if "finished_matches" in report:
+        window = report["finish_window"]
+        lines += [
+            f"  finishing matches {report['finish_scheduled']} at {report['finish_at']} s into "
+            f"the window (over {window['spread']} s): game_over sent {report['games_over_sent']}"
+            f", games ended {report['finished_matches']}, back at select "
+            f"{report['results_back']} players"
+            + (f", ranked matches {report['ranked_matches']}" if "ranked_matches" in report
+               else ""),
+            row("game_over -> select ms", report["result_rtt_ms"]),
+            row(f"latency ms, +-{window['margin']} s", window["players"]),
+        ]
+        for second in window["players_per_second"]:
+            lines.append(row(f"  second {second['second']:+g}", second))
+        if "spectators" in window:
+            lines.append(row(f"to spectators ms, +-{window['margin']} s", window["spectators"]))
+        if "stored" in report:
+            lines.append(f"  stored: {report['stored']}")
     lines += [
         f"  generator cpu {report['generator_cpu_percent']}% (of "
         f"{report['processes']} process(es)), preempted {report['generator_preempted']} times",
@@ -1423,6 +1756,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="046: spectators joining each match in progress")
     parser.add_argument("--spectator-delay", type=float, default=1.0,
                         help="046: seconds of play before the spectators connect")
+    parser.add_argument("--finish-matches", type=int, default=0, metavar="N",
+                        help="046: N of the matches end their game during the measured window "
+                        "(both players send game_over, same outcome) and then idle at select")
+    parser.add_argument("--finish-at", type=float, default=10.0, metavar="SECONDS",
+                        help="046: seconds into the measured window when the first game ends")
+    parser.add_argument("--finish-spread", type=float, default=1.0, metavar="SECONDS",
+                        help="046: the finishing games end evenly over this many seconds")
+    parser.add_argument("--finish-window", type=float, default=2.0, metavar="SECONDS",
+                        help="046: inputs sent this long before the first game_over up to this "
+                        "long after the last are reported apart, per second")
+    parser.add_argument("--ranked", action="store_true",
+                        help="046: every match asks to be ranked (server: --placement-rule "
+                        "relaxed) so that finishing games change ratings")
+    parser.add_argument("--database", default=None, metavar="PATH",
+                        help="046 --finish-matches: after the run, check in the server's SQLite "
+                        "file that every ended game was stored exactly once")
+    parser.add_argument("--replays-directory", default=None, metavar="DIR",
+                        help="with --database: the server's replays directory; each stored "
+                        "game's replay file must be there")
+    parser.add_argument("--store-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long --database waits for the games to be stored")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per line instead of the text report")
     parser.add_argument("--ramp", action="store_true",
@@ -1437,7 +1791,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.finish_matches:
+        if args.dialect != "046" or args.ramp:
+            parser.error("--finish-matches needs --dialect 046 and no --ramp")
+        if not 0 <= args.finish_at <= args.finish_at + args.finish_spread <= args.duration:
+            parser.error("the finishing games must end within the measured window")
     tighten_timer_slack()
     soft, _hard = _clients.raise_open_file_limit()
     needed = 2 * (args.ramp_max if args.ramp else args.matches) // max(1, args.processes) + 64
@@ -1472,6 +1832,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and report["spectators_ready"] == report["spectators"] and (
             report["spectator_lost"] == 0
         )
+    if "stored" in report:
+        ok = ok and report["stored"]["ok"]
     return 0 if ok else 1
 
 
