@@ -25,6 +25,10 @@ _TWO_NON_DIGITS = re.compile(_NOT_DIGIT + _NOT_DIGIT)
 _COMPRESSED_CHUNK = re.compile(_NOT_DIGIT + r"\d+\(?\d*\)?")
 _PARENTHESISED = re.compile(r"\(\d+\)")
 _RUN = re.compile(r"(.)\1*", re.DOTALL)
+# The client reads a digit run back only after a non-digit run: the run-length
+# form is lost when the inputs start with a digit or change from one digit to
+# another.
+_UNREADABLE_COMPRESSED = re.compile(r"^\d|(\d)(?!\1)\d")
 
 
 def compress(inputs: str) -> str:
@@ -71,9 +75,8 @@ def encode_for_catch_up(inputs: str) -> str | None:
     """
     if not inputs:
         return inputs
-    compressed = "".join(_compress_run(match.group()) for match in _RUN.finditer(inputs))
-    if uncompress(compressed) == inputs:
-        return compressed
+    if not _UNREADABLE_COMPRESSED.search(inputs):
+        return "".join(_compress_run(match.group()) for match in _RUN.finditer(inputs))
     if _TWO_NON_DIGITS.search(inputs):
         return inputs
     return None

@@ -155,13 +155,15 @@ def _relative_path(match: FinishedMatch) -> str:
     return "/".join((f"v{ENGINE_VERSION}", time.strftime("%Y/%m/%d", day), folder, name))
 
 
-def write_replay(directory: str | os.PathLike, replay: ReplayFile) -> str:
+def write_replay(directory: str | os.PathLike, replay: ReplayFile, *, sync: bool = True) -> str:
     """Store ``replay`` under ``directory``; return its path relative to it.
 
     The file appears whole or not at all: it is written to a hidden temporary
     file, synced, then linked into place and the folder synced.  An existing
     file is never replaced: a name that is taken gets ``-2``, ``-3``... before
-    ``.txt``.  Blocking: call it off the event loop.  Raises ``OSError``.
+    ``.txt``.  ``sync`` False leaves the syncing to the caller, who writes many
+    files and then calls :func:`sync_replays` once.  Blocking: call it off the
+    event loop.  Raises ``OSError``.
     """
     root = Path(directory)
     target = root / replay.relative_path
@@ -171,7 +173,8 @@ def write_replay(directory: str | os.PathLike, replay: ReplayFile) -> str:
     with open(temporary, "xb") as file:
         file.write(replay.content)
         file.flush()
-        os.fsync(file.fileno())
+        if sync:
+            os.fsync(file.fileno())
     try:
         stem = target.name[: -len(".txt")]
         attempt = 1
@@ -182,7 +185,8 @@ def write_replay(directory: str | os.PathLike, replay: ReplayFile) -> str:
                 break
             except FileExistsError:
                 attempt += 1
-        _sync_directory(folder)
+        if sync:
+            _sync_directory(folder)
     finally:
         temporary.unlink(missing_ok=True)
     return candidate.relative_to(root).as_posix()
@@ -197,3 +201,29 @@ def _sync_directory(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def sync_replays(directory: str | os.PathLike) -> None:
+    """Make every replay written under ``directory`` durable, with one system call.
+
+    ``syncfs`` of the directory's file system where the C library has it (one
+    flush however many files), else a sync of everything.  Raises ``OSError``.
+    """
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        if _syncfs is None or _syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
+
+
+def _find_syncfs():  # type: ignore[no-untyped-def]
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _find_syncfs()

@@ -16,7 +16,7 @@ import attrs
 import structlog
 
 from netplay import storage
-from netplay.replays import FinishedMatch, Skipped, build_replay, write_replay
+from netplay.replays import FinishedMatch, Skipped, build_replay, sync_replays, write_replay
 
 log = structlog.get_logger("netplay.results")
 
@@ -47,6 +47,14 @@ def run_batch(
         _record(operation, replays_directory) if type(operation) is FinishGame else operation
         for operation in operations
     ]
+    if replays_directory and any(
+        type(op) is storage.RecordGame and op.replay_path is not None for op in prepared
+    ):
+        # One flush for the batch's files, before the games that name them are stored.
+        try:
+            sync_replays(replays_directory)
+        except OSError as error:
+            log.error("replays_not_synced", directory=replays_directory, error=str(error))
     return database.execute(prepared)  # type: ignore[arg-type]
 
 
@@ -58,7 +66,7 @@ def _record(finish: FinishGame, replays_directory: str | None) -> storage.Record
             log.info("replay_skipped", game=finish.key, reason=replay.reason.value)
         else:
             try:
-                path = write_replay(replays_directory, replay)
+                path = write_replay(replays_directory, replay, sync=False)
             except OSError as error:
                 log.error("replay_not_written", game=finish.key, error=str(error))
     return storage.RecordGame(finish.key, finish.match, path)

@@ -49,6 +49,8 @@ CLOSE_FLUSH_SECONDS = 2.0
 MAX_PENDING_STORAGE_OPERATIONS = 10_000
 # Operations run in one transaction: a login storm costs a few disk syncs.
 MAX_STORAGE_BATCH = 500
+# Outcomes handed to the lobby between two chances for the relay to run.
+OUTCOMES_PER_ROUND = 8
 # The storage worker thread's nice value: below the event loop (see
 # :func:`yield_to_event_loop`).
 STORAGE_THREAD_NICE = 10
@@ -494,8 +496,12 @@ class Server:
             # Wall time, not trio's: a virtual clock would hide the database's cost.
             counters.storage_batches.observe(time.perf_counter() - started)
             counters.storage_operations += len(operations)
-            now = trio.current_time()
-            for action, outcome in zip(batch, outcomes):
+            for index, (action, outcome) in enumerate(zip(batch, outcomes)):
+                if self.database_in_thread and index and not index % OUTCOMES_PER_ROUND:
+                    # A burst of finished games renders a select screen each:
+                    # let the relay run between them.
+                    await trio.lowlevel.checkpoint()
+                now = trio.current_time()
                 self._execute(self.core.stored(action.player, action.operation, outcome, now))
 
     async def _tick_loop(self) -> None:
