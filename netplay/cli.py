@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import math
 import os
 import resource
 import secrets
+import signal
 import sys
-from typing import Callable, Sequence
+from functools import partial
+from typing import AsyncIterator, Callable, Sequence
 
+import attrs
 import structlog
 import trio
 
 from netplay import __version__
 from netplay.config import DEFAULT_PORT, Config
-from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
+from netplay.logs import LEVELS, configure_logging
+from netplay.server import Server, open_listeners
+from netplay.signals import STOP_SIGNALS, StopSignals
 from netplay.storage import StorageError
 from netplay.wire import MAX_JSON_LENGTH_ON_WIRE
 
@@ -216,46 +222,121 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-async def serve(config: Config, record_dir: str | None = None) -> None:
-    """Run the server until SIGINT or SIGTERM, then shut down gracefully."""
-    from netplay.recording import open_recorder
-    from netplay.server import Server, open_listeners
-    from netplay.storage import SqliteStorage
+class StartUpError(Exception):
+    """Start-up failed in a way the operator must fix; logged as ``event`` with ``context``."""
 
-    seed = config.seed if config.seed is not None else secrets.randbits(63)
-    database = SqliteStorage(config.database)
-    try:
-        await _serve_with(config, record_dir, seed, database)
-    finally:
-        database.close()
+    def __init__(self, event: str, **context: object) -> None:
+        super().__init__(event)
+        self.event = event
+        self.context = context
+
+
+async def serve(
+    config: Config, record_dir: str | None = None, *, stop_signals: StopSignals | None = None
+) -> None:
+    """Run the server until SIGINT or SIGTERM, then shut down gracefully.
+
+    The signals are listened for before anything is started, and one noted
+    earlier in ``stop_signals`` counts as received now: a stop signal during
+    start-up abandons the start-up (closing what was opened), one after it
+    starts the graceful shutdown.  Raises :class:`StartUpError` when the
+    database, the listening port or the recording directory cannot be used.
+    """
+    failure: StartUpError | None = None
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            running = _Running(nursery.cancel_scope)
+            nursery.start_soon(_stop_at_signal, signals, stop_signals, running)
+            try:
+                await _start_and_serve(config, record_dir, running)
+            except StartUpError as error:
+                # Raised past the nursery, which would wrap it in an ExceptionGroup.
+                failure = error
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     log.info("stopped")
 
 
-async def _serve_with(config: Config, record_dir: str | None, seed: int, database) -> None:
-    from netplay.recording import open_recorder
+@attrs.define(eq=False)
+class _Running:
+    """What a stop signal acts on: the whole run while starting, then the server."""
+
+    run_scope: trio.CancelScope
+    server: Server | None = None
+
+
+async def _stop_at_signal(
+    signals: AsyncIterator[int], noted: StopSignals | None, running: _Running
+) -> None:
+    if noted is not None and noted.first is not None:
+        signum = noted.first
+    else:
+        signum = await signals.__anext__()
+    log.info("signal_received", signal=signal.Signals(signum).name,
+             starting=running.server is None)
+    if running.server is None:
+        running.run_scope.cancel()
+    else:
+        running.server.shutdown()
+
+
+async def _start_and_serve(config: Config, record_dir: str | None, running: _Running) -> None:
     from netplay import web
-    from netplay.server import Server, open_listeners
+    from netplay.recording import RecordingError, open_recorder
+    from netplay.storage import SqliteStorage
 
-    listeners = await open_listeners(config)
-    http_listeners = await web.open_listeners(config) if config.http_port is not None else None
-    async with open_recorder(record_dir, config, seed) as recorder:
-        server = Server(
-            config, seed=seed, recorder=recorder, database=database,
-            replays_directory=config.replays_directory or None,
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run, listeners)
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    try:
+        database = SqliteStorage(config.database)
+    except StorageError as error:
+        raise StartUpError("cannot_use_database", path=config.database, error=str(error)) from None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                listeners = await open_listeners(config)
+            except OSError as error:
+                raise StartUpError(
+                    "cannot_listen", host=config.host, port=config.port, error=str(error)
+                ) from None
+            http_listeners = None
+            if config.http_port is not None:
+                http_host = config.http_host if config.http_host is not None else config.host
+                try:
+                    http_listeners = await web.open_listeners(config)
+                except OSError as error:
+                    raise StartUpError(
+                        "cannot_listen", host=http_host, port=config.http_port, error=str(error)
+                    ) from None
+            for listener in listeners + (http_listeners or []):
+                stack.push_async_callback(listener.aclose)  # if start-up goes no further
+            try:
+                recorder = await stack.enter_async_context(open_recorder(record_dir, config, seed))
+            except RecordingError as error:
+                raise StartUpError(
+                    "cannot_record", directory=record_dir, error=str(error)
+                ) from None
+            server = Server(
+                config, seed=seed, recorder=recorder, database=database,
+                replays_directory=config.replays_directory or None,
+            )
             async with trio.open_nursery() as http_nursery:
-                if http_listeners is not None:
-                    site = await http_nursery.start(web.WebServer(server).run, http_listeners)
-                    log.info("http_listening", host=http_listeners[0].socket.getsockname()[0],
-                             port=site.port)
-                await _serve_until_stopped(config, server, recorder, seed)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run, listeners)
+                    if http_listeners is not None:
+                        site = await http_nursery.start(web.WebServer(server).run, http_listeners)
+                        log.info("http_listening",
+                                 host=http_listeners[0].socket.getsockname()[0], port=site.port)
+                    running.server = server
+                    _log_listening(config, server, recorder, seed)
+                # The server has shut down: so does its HTTP port.
                 http_nursery.cancel_scope.cancel()
+    finally:
+        database.close()
 
 
-async def _serve_until_stopped(config: Config, server, recorder, seed: int) -> None:
-    """Log that the server is ready, wait for SIGINT or SIGTERM, start the shutdown."""
+def _log_listening(config: Config, server: Server, recorder, seed: int) -> None:
+    """Tune the collector for the long run, then say the server is ready."""
     tune_garbage_collector()
     log.info(
         "listening",
@@ -269,12 +350,18 @@ async def _serve_until_stopped(config: Config, server, recorder, seed: int) -> N
         database=config.database,
         recording=recorder.path if recorder is not None else None,
     )
-    await wait_for_stop_signal()
-    server.shutdown()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, configure logging, serve; return the exit status."""
+def main(argv: Sequence[str] | None = None, *, stop_signals: StopSignals | None = None) -> int:
+    """Parse ``argv``, configure logging, serve; return the exit status.
+
+    ``stop_signals`` holds SIGINT or SIGTERM noted since the process started;
+    without it, they are noted from here on, and the previous handlers are
+    put back on return.
+    """
+    if stop_signals is None:
+        with StopSignals() as stop_signals:
+            return main(argv, stop_signals=stop_signals)
     args = build_parser().parse_args(argv)
     log_format = args.log_format or ("console" if sys.stderr.isatty() else "json")
     configure_logging(log_format=log_format, level=args.log_level)
@@ -282,12 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = raise_open_file_limit()
     log.info("open_file_limit", limit=limit, pid=os.getpid())
     try:
-        trio.run(serve, config, args.record)
-    except StorageError as error:
-        log.error("cannot_use_database", path=config.database, error=str(error))
-        return 1
-    except OSError as error:
-        log.error("cannot_listen", host=config.host, port=config.port, error=str(error))
+        trio.run(partial(serve, config, args.record, stop_signals=stop_signals))
+    except StartUpError as error:
+        log.error(error.event, **error.context)
         return 1
     return 0
 

@@ -83,11 +83,13 @@ class LoggingProcess:
     def events(self) -> list[str]:
         return [record.get("event") for record in self.records()]
 
-    def _first(self, event: str) -> dict[str, Any] | None:
-        return next((r for r in self.records() if r.get("event") == event), None)
+    def _first(self, event: str | None) -> dict[str, Any] | None:
+        return next((r for r in self.records() if event in (None, r.get("event"))), None)
 
-    def wait_for_record(self, event: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-        """The first log record of ``event``, waiting for it (blocking) if need be."""
+    def wait_for_record(self, event: str, timeout: float = START_TIMEOUT, *,
+                        poll: float = 0.02) -> dict[str, Any]:
+        """The first log record of ``event``, waiting for it (blocking) if need be,
+        looking every ``poll`` seconds; ``event`` None: the first record of any kind."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self._first(event)
@@ -95,7 +97,7 @@ class LoggingProcess:
                 return record
             if self.process.poll() is not None:
                 break
-            time.sleep(0.02)
+            time.sleep(poll)
         record = self._first(event)
         if record is not None:
             return record
@@ -108,6 +110,21 @@ class LoggingProcess:
             while (record := self._first(event)) is None:
                 await trio.sleep(0.02)
         return record
+
+    def wait_until_catching(self, signum: int, timeout: float = START_TIMEOUT) -> None:
+        """Return once the process has a handler for ``signum`` (Linux: /proc), or has ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & (1 << (signum - 1)):
+                return
+            time.sleep(0.001)
+        if self.process.poll() is None:
+            raise AssertionError(f"signal {signum} never caught by {self.process.args}")
 
     def send_signal(self, signum: int) -> None:
         self.process.send_signal(signum)

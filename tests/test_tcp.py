@@ -371,8 +371,6 @@ async def test_messages_split_at_every_byte_or_merged_get_the_same_answers(start
 async def test_signal_closes_every_connection_and_exits_zero_after_logging_stopped(
     server, signum
 ):
-    # Being served shows the signal handler is in place (it is installed right
-    # after the listening line, before anything is served).
     alice, bob, carol = [await server.connect() for _ in range(3)]
     for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
         await client.send(b"H004" + registration(name))
@@ -396,8 +394,6 @@ async def test_signal_closes_every_connection_and_exits_zero_after_logging_stopp
 
 
 async def test_signal_with_no_connections_exits_zero(server):
-    # A served hello shows the signal handler is in place (it is installed
-    # right after the listening line, before anything is served).
     client = await server.connect()
     await client.send(b"H004")
     assert await client.receive() == m.HelloAccepted()
