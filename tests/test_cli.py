@@ -291,3 +291,24 @@ def test_http_port_is_off_by_default_and_its_host_follows_host():
     config = config_from_args(parse("--http-port", "0", "--http-host", "127.0.0.1"))
     assert (config.http_port, config.http_host) == (0, "127.0.0.1")
     assert_rejected("--http-port", "65536")
+
+
+# -- start-up errors -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_unusable_record_directory_is_its_own_error_naming_the_directory(
+    isolated_logging, tmp_path, capsys, where
+):
+    (tmp_path / "file").write_text("not a directory")
+    directory = tmp_path / "file" if where == "a_file" else tmp_path / "file" / "sessions"
+    status = main(["--host", "127.0.0.1", "--port", "0", "--log-format", "json",
+                   "--database", ":memory:", "--record", str(directory)])
+    assert status == 1
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    failure = records[-1]
+    assert failure["event"] == "cannot_record"
+    assert failure["level"] == "error"
+    assert failure["directory"] == str(directory)
+    assert "host" not in failure and "port" not in failure
+    assert "cannot_listen" not in [record["event"] for record in records]
