@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-from typing import Iterator
-
-import pytest
 
 from helpers import tool_command
 
@@ -26,14 +22,6 @@ def assert_one_line_error(completed: subprocess.CompletedProcess[str]) -> str:
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1, completed.stderr
     return lines[0]
-
-
-@pytest.fixture
-def occupied_port() -> Iterator[int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 # -- record_proxy.py ------------------------------------------------------------------------
