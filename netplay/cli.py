@@ -19,13 +19,15 @@ import trio
 
 from netplay import __version__
 from netplay.config import Config
-from netplay.logs import configure_logging
+from netplay.logs import announcer, configure_logging
 from netplay.server import Server, open_listeners
 from netplay.settings import SettingsError, add_options, config_from_values, read_config_file
 from netplay.signals import STOP_SIGNALS, StopSignals
 from netplay.storage import StorageError
 
 log = structlog.get_logger("netplay.cli")
+# Lines written whatever --log-level says (the port chosen by --port 0, above all).
+announce = announcer("netplay.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +127,7 @@ async def serve(
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    log.info("stopped")
+    announce.info("stopped")
 
 
 @attrs.define(eq=False)
@@ -143,7 +145,7 @@ async def _stop_at_signal(
         signum = noted.first
     else:
         signum = await signals.__anext__()
-    log.info("signal_received", signal=signal.Signals(signum).name,
+    announce.info("signal_received", signal=signal.Signals(signum).name,
              starting=running.server is None)
     if running.server is None:
         running.run_scope.cancel()
@@ -195,8 +197,9 @@ async def _start_and_serve(config: Config, record_dir: str | None, running: _Run
                     await nursery.start(server.run, listeners)
                     if http_listeners is not None:
                         site = await http_nursery.start(web.WebServer(server).run, http_listeners)
-                        log.info("http_listening",
-                                 host=http_listeners[0].socket.getsockname()[0], port=site.port)
+                        announce.info("http_listening",
+                                      host=http_listeners[0].socket.getsockname()[0],
+                                      port=site.port)
                     running.server = server
                     _log_listening(config, server, recorder, seed)
                 # The server has shut down: so does its HTTP port.
@@ -208,7 +211,7 @@ async def _start_and_serve(config: Config, record_dir: str | None, running: _Run
 def _log_listening(config: Config, server: Server, recorder, seed: int) -> None:
     """Tune the collector for the long run, then say the server is ready."""
     tune_garbage_collector()
-    log.info(
+    announce.info(
         "listening",
         host=config.host,
         port=server.port,

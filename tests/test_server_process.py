@@ -1,5 +1,6 @@
-"""SIGINT and SIGTERM at every moment of the real server's life end it cleanly.
+"""The real server process: the lines an operator relies on, and stop signals.
 
+SIGINT and SIGTERM at every moment of the server's life end it cleanly.
 "Cleanly" is what a service manager and an operator need: exit status 0, a
 ``stopped`` line last, no traceback.  Signals are sent as soon as a moment is
 seen (the log file is watched every millisecond); whenever exactly they land,
@@ -56,3 +57,15 @@ def test_stop_signal_at_any_moment_of_start_up_exits_zero_without_traceback(
     assert server.events()[-1] == "stopped", log
     received = [r for r in server.records() if r["event"] == "signal_received"]
     assert [r["signal"] for r in received] == [signum.name]
+
+
+@pytest.mark.parametrize("level", ["warning", "error"])
+def test_the_listening_line_says_the_port_whatever_the_log_level(tmp_path, level):
+    with LoggingProcess(server_command("--log-level", level), tmp_path / "server.log") as server:
+        assert server.port and server.port > 0  # from the listening line
+        server.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0
+    records = server.records()
+    assert [r["event"] for r in records] == ["listening", "signal_received", "stopped"]
+    assert {r["level"] for r in records} == {"info"}
+    assert records[0]["logger"] == "netplay.cli"
