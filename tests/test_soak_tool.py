@@ -98,11 +98,23 @@ def test_short_soak_with_thirty_clients_finds_no_violation(server_process, monke
     assert errors == []
 
 
-def test_soak_tool_exits_two_when_no_server_answers(monkeypatch, capsys):
+def test_soak_tool_exits_one_when_no_server_answers(monkeypatch, capsys):
     soak = load_soak_tool(monkeypatch)
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     status = soak.main(["--port", str(port), "--clients", "1", "--duration", "1"])
-    assert status == 2
+    assert status == 1
     assert "cannot reach the server" in capsys.readouterr().err
+
+
+def test_soak_tool_prints_progress_lines_on_stderr_while_it_runs(server_process):
+    completed = subprocess.run(
+        [sys.executable, str(TOOLS / "soak.py"), "--port", str(server_process.port),
+         "--clients", "4", "--duration", "1.5", "--progress-interval", "0.4", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    progress = [line for line in completed.stderr.splitlines() if line.startswith("  ... ")]
+    assert len(progress) >= 2, completed.stderr
+    assert all("episodes" in line and "violations" in line for line in progress)
+    json.loads(completed.stdout)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+from typing import Iterator
 
-from helpers import tool_command
+import pytest
+
+from helpers import ROOT, tool_command
 
 TOOL_TIMEOUT = 30
 
@@ -24,13 +28,45 @@ def assert_one_line_error(completed: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that was free a moment ago: nothing listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    yield port
+
+
+# -- no server ------------------------------------------------------------------------------
+
+SESSION = str(ROOT / "tests" / "sessions" / "classic_match.session")
+
+# Each tool that talks to a server, with what it needs besides the address.
+WITHOUT_A_SERVER = {
+    "loadgen": lambda port: ["--port", port, "--matches", "2", "--duration", "1"],
+    "connhold": lambda port: ["--port", port, "--clients", "2"],
+    "loginstorm": lambda port: ["--port", port, "--clients", "2"],
+    "soak": lambda port: ["--port", port, "--clients", "2", "--duration", "1"],
+    "replay": lambda port: [SESSION, "--server", f"127.0.0.1:{port}"],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(WITHOUT_A_SERVER))
+def test_a_tool_without_a_server_says_so_in_one_line_and_exits_one(tool, closed_port):
+    completed = run_tool(tool, *WITHOUT_A_SERVER[tool](str(closed_port)))
+    line = assert_one_line_error(completed)
+    assert line.startswith(f"{tool}: cannot ")
+    assert f"127.0.0.1:{closed_port}" in line
+    assert completed.stdout == ""  # no report of nothing
+
+
 # -- record_proxy.py ------------------------------------------------------------------------
 
 
 def test_record_proxy_on_a_busy_port_says_so_and_leaves_no_file(tmp_path, occupied_port):
     out = tmp_path / "proxy.session"
     completed = run_tool("record_proxy", "--listen", str(occupied_port), "--listen-host",
-                         "127.0.0.1", "--upstream", "127.0.0.1:9", "--out", str(out),
+                         "127.0.0.1", "--upstream", f"127.0.0.1:{occupied_port}", "--out", str(out),
                          "--log-format", "json")
     record = json.loads(assert_one_line_error(completed))
     assert record["event"] == "cannot_listen"
@@ -38,9 +74,10 @@ def test_record_proxy_on_a_busy_port_says_so_and_leaves_no_file(tmp_path, occupi
     assert not out.exists()
 
 
-def test_record_proxy_with_an_unwritable_out_file_says_so(tmp_path):
+def test_record_proxy_with_an_unwritable_out_file_says_so(tmp_path, occupied_port):
     out = tmp_path / "missing" / "proxy.session"
-    completed = run_tool("record_proxy", "--listen", "0", "--upstream", "127.0.0.1:9",
+    # A listening socket accepts connections (its backlog): a stand-in upstream.
+    completed = run_tool("record_proxy", "--listen", "0", "--upstream", f"127.0.0.1:{occupied_port}",
                          "--out", str(out), "--log-format", "json")
     record = json.loads(assert_one_line_error(completed))
     assert record["event"] == "cannot_record"

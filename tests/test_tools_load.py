@@ -209,3 +209,17 @@ def test_latency_histogram_percentiles_are_upper_bucket_edges():
     merged = loadgen.Histogram()
     merged.add_sparse(histogram.to_sparse())
     assert merged.counts == histogram.counts
+
+
+def test_loadgen_prints_progress_lines_on_stderr_while_it_runs(server):
+    port, _ = server
+    completed = subprocess.run(
+        [sys.executable, str(TOOLS / "loadgen.py"), "--port", str(port), "--matches", "1",
+         "--warmup", "0.2", "--duration", "1.5", "--progress-interval", "0.4", "--json"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    progress = [line for line in completed.stderr.splitlines() if line.startswith("  ... ")]
+    assert len(progress) >= 2, completed.stderr
+    assert any("inputs sent" in line for line in progress)
+    json.loads(completed.stdout)  # stdout keeps only the report

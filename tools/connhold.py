@@ -330,6 +330,7 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     deadline = start + args.setup_timeout
     while not crowd.settled() and time.monotonic() < deadline:
         crowd.step(0.01)
+    crowd.check_reachable()
     setup_seconds = time.monotonic() - start
     setup_cpu_end = _procstat.own_cpu_seconds()
     report["registered"] = crowd.registered
@@ -521,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     crowd.show_progress = not args.quiet
     try:
         report = storm(args, crowd) if args.storm else hold(args, crowd)
+    except _clients.ServerUnreachable as error:
+        return _clients.report_unreachable("connhold", error)
     finally:
         crowd.close()
     report["open_file_limit"] = soft

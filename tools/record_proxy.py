@@ -15,7 +15,8 @@ replay can start a server with the same one.  ``--listen 0`` picks a free
 port; the ``listening`` log line says which.  SIGINT or SIGTERM closes every
 connection, completes the file and exits 0.  A port that cannot be listened on or
 an --out file that cannot be created is one error line and exit status 1, with no
-file left behind.
+file left behind.  The upstream server is not probed at start (a probe would be a
+connection in its own recording); a client it cannot reach is logged and closed.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise CannotStart("cannot_listen", host=args.listen_host, port=args.listen,
                           error=error.strerror or str(error)) from None
     async with contextlib.AsyncExitStack() as stack:
-        for listener in listeners:  # closed here too if the file cannot be created
+        for listener in listeners:  # closed here too if start-up goes no further
             stack.push_async_callback(listener.aclose)
         try:
             recorder = await stack.enter_async_context(
