@@ -42,6 +42,24 @@ def isolated_logging(monkeypatch):
 
 
 @pytest.fixture
+def start_server(tmp_path):
+    """Start server processes (``helpers.server_command`` with the options given);
+    every one is stopped at teardown."""
+    from helpers import LoggingProcess, server_command
+
+    started = []
+
+    def start(*options: str):
+        server = LoggingProcess(server_command(*options), tmp_path / f"server{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def occupied_port():
     """A loopback port on which something else is already listening."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
