@@ -1,4 +1,5 @@
-"""The tools in tools/ fail with one clear line and exit status 1 when they cannot work."""
+"""The tools in tools/: one clear line and exit status 1 when they cannot work; their shared
+summaries."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import ROOT, tool_command
+from helpers import ROOT, load_tool, tool_command
 
 TOOL_TIMEOUT = 30
 
@@ -82,3 +83,14 @@ def test_record_proxy_with_an_unwritable_out_file_says_so(tmp_path, occupied_por
     record = json.loads(assert_one_line_error(completed))
     assert record["event"] == "cannot_record"
     assert str(out) in record["error"]
+
+
+# -- the shared percentile -------------------------------------------------------------------
+
+
+def test_percentiles_interpolate_between_ranks_and_handle_few_values():
+    clients = load_tool("_clients")
+    assert clients.percentiles([]) == {"p50": None, "p99": None, "max": None}
+    assert clients.percentiles([0.25]) == {"p50": 0.25, "p99": 0.25, "max": 0.25}
+    summary = clients.percentiles(reversed(range(1, 101)))  # any order
+    assert summary == {"p50": 50.5, "p99": 99.01, "max": 100}

@@ -19,8 +19,10 @@ import os
 import resource
 import select
 import socket
+import statistics
 import sys
 import time
+from typing import Iterable
 
 from netplay.wire import encode_json
 
@@ -60,6 +62,26 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 # Seconds between two progress lines of a tool that runs for a while.
 PROGRESS_INTERVAL = 5.0
+
+
+def percentiles(values: Iterable[float], digits: int = 3) -> dict[str, float | None]:
+    """p50, p99 and max of ``values`` (in any order), rounded to ``digits``; None each
+    when there are none.
+
+    The one percentile of the tools' reports: ``statistics.quantiles`` with the
+    inclusive method (interpolated between the two nearest ranks, never past the
+    largest value).  loadgen's latency histogram, which keeps counts rather than
+    values, reads its percentiles off the buckets instead.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None, "max": None}
+    if len(ordered) == 1:
+        cuts = ordered * 99
+    else:
+        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50": round(cuts[49], digits), "p99": round(cuts[98], digits),
+            "max": round(ordered[-1], digits)}
 
 
 class ServerUnreachable(Exception):

@@ -40,10 +40,8 @@ from typing import Any
 try:  # run as a script: tools/ is on sys.path
     import _clients
     import _procstat
-    from connhold import _percentiles
 except ImportError:  # imported as tools.loginstorm
     from tools import _clients, _procstat  # type: ignore[no-redef]
-    from tools.connhold import _percentiles  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
@@ -221,7 +219,7 @@ class Crowd(_clients.EpollClients):
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
-    summary = _percentiles([value * 1000.0 for value in values])
+    summary = _clients.percentiles([value * 1000.0 for value in values])
     summary["n"] = len(values)
     return summary
 

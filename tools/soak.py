@@ -133,7 +133,7 @@ class Report:
         return not self.violations
 
     def as_dict(self) -> dict[str, Any]:
-        latencies = sorted(self.handshake_seconds)
+        handshakes = _clients.percentiles(self.handshake_seconds, digits=6)
         return {
             "seed": self.seed,
             "clients": self.clients,
@@ -142,10 +142,10 @@ class Report:
             "violation_examples": self.examples,
             "actions": dict(sorted(self.actions.items())),
             "errors": dict(sorted(self.errors.items())),
-            "control_handshakes": len(latencies),
-            "handshake_ms_median": _ms(_quantile(latencies, 0.5)),
-            "handshake_ms_p99": _ms(_quantile(latencies, 0.99)),
-            "handshake_ms_max": _ms(latencies[-1] if latencies else None),
+            "control_handshakes": len(self.handshake_seconds),
+            "handshake_ms_median": _ms(handshakes["p50"]),
+            "handshake_ms_p99": _ms(handshakes["p99"]),
+            "handshake_ms_max": _ms(handshakes["max"]),
             "max_tool_lag_ms": _ms(self.max_tool_lag),
             "server_rss_start": self.rss_start,
             "server_rss_peak": self.rss_peak,
@@ -176,12 +176,6 @@ class Report:
             f"end {_mib(self.rss_end)}"
         )
         return "\n".join(lines)
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def _ms(seconds: float | None) -> float | None:
