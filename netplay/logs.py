@@ -13,6 +13,23 @@ import trio
 LEVELS = ("debug", "info", "warning", "error")
 
 
+def announcer(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger for the few info lines an operator needs whatever ``--log-level`` says:
+    which port the server listens on (``--port 0``), that it got a stop signal,
+    that it stopped.  Its lines keep their real level (info) and logger ``name``.
+
+    The standard library's logger ``name`` is set to INFO for this; the level
+    filter of ``structlog.get_logger(name)`` still applies to everything else.
+    """
+    stdlib_logger = logging.getLogger(name)
+    stdlib_logger.setLevel(logging.INFO)
+    return structlog.wrap_logger(
+        stdlib_logger,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=False,  # follows every configure_logging, tests' too
+    )
+
+
 def configure_logging(
     *, log_format: str = "console", level: str = "info", stream: TextIO | None = None
 ) -> None:

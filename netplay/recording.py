@@ -219,14 +219,22 @@ class FileRecorder(SessionWriter):
         self._file = None
 
 
+class RecordingError(Exception):
+    """A session file cannot be created: its directory is missing, not writable, a file..."""
+
+
 @contextlib.asynccontextmanager
 async def open_session_file(path: str, settings: dict[str, Any]) -> AsyncIterator[FileRecorder]:
     """A FileRecorder writing ``path``, flushed in the background until the block ends.
 
     Times count from entering the block.  On leaving it, by any route, the
-    rest is written and the file closed.
+    rest is written and the file closed.  Raises :class:`RecordingError`
+    before entering the block if the file cannot be created.
     """
-    recorder = FileRecorder(path, settings, trio.current_time())
+    try:
+        recorder = FileRecorder(path, settings, trio.current_time())
+    except OSError as error:
+        raise RecordingError(f"cannot create {path}: {error.strerror or error}") from None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(recorder.run_flusher)
@@ -240,8 +248,12 @@ async def open_session_file(path: str, settings: dict[str, Any]) -> AsyncIterato
 
 
 def new_session_path(directory: str) -> str:
-    """A fresh file name in ``directory`` (created if missing)."""
-    os.makedirs(directory, exist_ok=True)
+    """A fresh file name in ``directory`` (created if missing); :class:`RecordingError`
+    if the directory cannot be created."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise RecordingError(f"cannot create directory {directory}: {error.strerror or error}") from None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return os.path.join(directory, f"session-{stamp}-{os.getpid()}{SESSION_SUFFIX}")
 
@@ -250,7 +262,10 @@ def new_session_path(directory: str) -> str:
 async def open_recorder(
     directory: str | None, config: Config, seed: int
 ) -> AsyncIterator[FileRecorder | None]:
-    """A recorder writing a new session file in ``directory`` (None: no recording)."""
+    """A recorder writing a new session file in ``directory`` (None: no recording).
+
+    Raises :class:`RecordingError` if the directory or the file cannot be created.
+    """
     if directory is None:
         yield None
         return

@@ -1,3 +1,9 @@
+"""Test-wide set-up: quiet structlog, and fixtures several modules use."""
+
+import logging
+import socket
+
+import pytest
 import structlog
 
 
@@ -13,3 +19,50 @@ structlog.configure(
     processors=[_discard],
     cache_logger_on_first_use=False,
 )
+
+
+@pytest.fixture
+def isolated_logging(monkeypatch):
+    """Let ``main`` configure logging, then put back the test suite's set-up.
+
+    ``main`` configures structlog globally and caches the loggers it uses, so
+    the module's logger is swapped for a fresh one that only this test caches.
+    """
+    from netplay import cli
+
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    monkeypatch.setattr(cli, "log", structlog.get_logger("netplay.cli"))
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved_config)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start server processes (``helpers.server_command`` with the options given);
+    every one is stopped at teardown."""
+    from helpers import LoggingProcess, server_command
+
+    started = []
+
+    def start(*options: str):
+        server = LoggingProcess(server_command(*options), tmp_path / f"server{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def occupied_port():
+    """A loopback port on which something else is already listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

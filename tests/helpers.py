@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import trio
@@ -25,14 +27,29 @@ STOP_TIMEOUT = 10.0
 
 def server_command(*options: str) -> list[str]:
     """``netplay-server`` on a free loopback port, logging JSON, keeping its player
-    database in memory, with ``options`` added (a later option wins)."""
-    return [sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "", "--host", "127.0.0.1",
-            "--port", "0", "--log-format", "json", *options]
+    database in memory and writing no replay files (it runs in the project's
+    directory), with ``options`` added (a later option wins)."""
+    return [sys.executable, "-m", "netplay", "--database", ":memory:", "--host", "127.0.0.1",
+            "--port", "0", "--log-format", "json", "--replays-directory", "", *options]
 
 
 def tool_command(tool: str, *options: str) -> list[str]:
     """``tools/TOOL.py`` with ``options``."""
     return [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *options]
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/NAME.py`` imported as a module, to call its functions in this process."""
+    tools = str(ROOT / "tools")
+    sys.path.insert(0, tools)  # as when run as a script: a tool may import its siblings
+    try:
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(tools)
 
 
 class LoggingProcess:
@@ -83,11 +100,13 @@ class LoggingProcess:
     def events(self) -> list[str]:
         return [record.get("event") for record in self.records()]
 
-    def _first(self, event: str) -> dict[str, Any] | None:
-        return next((r for r in self.records() if r.get("event") == event), None)
+    def _first(self, event: str | None) -> dict[str, Any] | None:
+        return next((r for r in self.records() if event in (None, r.get("event"))), None)
 
-    def wait_for_record(self, event: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-        """The first log record of ``event``, waiting for it (blocking) if need be."""
+    def wait_for_record(self, event: str, timeout: float = START_TIMEOUT, *,
+                        poll: float = 0.02) -> dict[str, Any]:
+        """The first log record of ``event``, waiting for it (blocking) if need be,
+        looking every ``poll`` seconds; ``event`` None: the first record of any kind."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             record = self._first(event)
@@ -95,7 +114,7 @@ class LoggingProcess:
                 return record
             if self.process.poll() is not None:
                 break
-            time.sleep(0.02)
+            time.sleep(poll)
         record = self._first(event)
         if record is not None:
             return record
@@ -108,6 +127,27 @@ class LoggingProcess:
             while (record := self._first(event)) is None:
                 await trio.sleep(0.02)
         return record
+
+    def wait_until_catching(self, signum: int, timeout: float = START_TIMEOUT) -> None:
+        """Return once the process has a handler for ``signum`` (Linux: /proc), or has ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & (1 << (signum - 1)):
+                return
+            time.sleep(0.001)
+        if self.process.poll() is None:
+            raise AssertionError(f"signal {signum} never caught by {self.process.args}")
+
+    async def connect(self, *, answer_pings: bool = True) -> ScriptedClient:
+        """A scripted client connected to this server's port (in a trio test)."""
+        assert self.port is not None, "no listening line was waited for"
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        return ScriptedClient(stream, answer_pings=answer_pings)
 
     def send_signal(self, signum: int) -> None:
         self.process.send_signal(signum)

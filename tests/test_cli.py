@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import resource
-import socket
 
 import pytest
-import structlog
 
-from netplay import __version__, cli
+from netplay import __version__
 from netplay.cli import build_parser, config_from_args, main, raise_open_file_limit
 from netplay.config import DEFAULT_PORT, Config
 from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS
 
 # Parser destinations that are not server settings.
-NOT_IN_CONFIG = {"help", "version", "log_format", "log_level", "record"}
+NOT_IN_CONFIG = {"help", "version", "config", "log_format", "log_level", "record"}
 
 
 def parse(*argv: str):
@@ -27,33 +24,6 @@ def assert_rejected(*argv: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse(*argv)
     assert exit_info.value.code == 2
-
-
-@pytest.fixture
-def isolated_logging(monkeypatch):
-    """Let ``main`` configure logging, then put back the test suite's set-up.
-
-    ``main`` configures structlog globally and caches the loggers it uses, so
-    the module's logger is swapped for a fresh one that only this test caches.
-    """
-    saved_config = structlog.get_config()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    monkeypatch.setattr(cli, "log", structlog.get_logger("netplay.cli"))
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved_config)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-
-
-@pytest.fixture
-def occupied_port():
-    """A loopback port on which something else is already listening."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 # -- the parser ----------------------------------------------------------------
@@ -291,3 +261,24 @@ def test_http_port_is_off_by_default_and_its_host_follows_host():
     config = config_from_args(parse("--http-port", "0", "--http-host", "127.0.0.1"))
     assert (config.http_port, config.http_host) == (0, "127.0.0.1")
     assert_rejected("--http-port", "65536")
+
+
+# -- start-up errors -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_unusable_record_directory_is_its_own_error_naming_the_directory(
+    isolated_logging, tmp_path, capsys, where
+):
+    (tmp_path / "file").write_text("not a directory")
+    directory = tmp_path / "file" if where == "a_file" else tmp_path / "file" / "sessions"
+    status = main(["--host", "127.0.0.1", "--port", "0", "--log-format", "json",
+                   "--database", ":memory:", "--record", str(directory)])
+    assert status == 1
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    failure = records[-1]
+    assert failure["event"] == "cannot_record"
+    assert failure["level"] == "error"
+    assert failure["directory"] == str(directory)
+    assert "host" not in failure and "port" not in failure
+    assert "cannot_listen" not in [record["event"] for record in records]

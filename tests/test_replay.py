@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import attrs
 import pytest
@@ -39,23 +36,12 @@ from netplay.replay import (
 from netplay.server import Server
 from netplay.testing import ScriptedClient, connect_in_process, running_server
 
-from helpers import LoggingProcess, server_command, start_match_in_turn, tool_command
+from helpers import (
+    LoggingProcess, load_tool, server_command, start_match_in_turn, tool_command,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = sorted((ROOT / "tests" / "sessions").glob("*.session"))
-
-
-def load_tool(name: str) -> ModuleType:
-    tools = str(ROOT / "tools")
-    sys.path.insert(0, tools)  # as when run as a script: a tool may import its siblings
-    try:
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(tools)
 
 
 def corpus(name: str) -> Session:

@@ -20,7 +20,6 @@ import pytest
 import trio
 
 from netplay.testing import Client046, ScriptedClient, pair_up, start_match
-from test_tcp import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_TIMEOUT = 60
@@ -65,12 +64,9 @@ def element_text(dom: str, element_id: str) -> str:
 
 
 @pytest.fixture
-def server_process(tmp_path):
-    server = ServerProcess(tmp_path / "server.log", [
-        "--http-port", "0", "--idle-timeout", "120", "--replays-directory", str(tmp_path / "replays"),
-    ])
-    yield server
-    server.stop()
+def server_process(start_server, tmp_path):
+    return start_server("--http-port", "0", "--idle-timeout", "120",
+                        "--replays-directory", str(tmp_path / "replays"))
 
 
 async def test_status_page_shows_live_matches_and_escapes_names(server_process, tmp_path):
@@ -144,12 +140,8 @@ async def test_status_page_shows_live_matches_and_escapes_names(server_process, 
         await client.aclose()
 
 
-def test_http_port_is_off_unless_asked(tmp_path):
-    server = ServerProcess(tmp_path / "server.log", [])
-    try:
-        assert "http_listening" not in server.events()
-    finally:
-        server.stop()
+def test_http_port_is_off_unless_asked(start_server):
+    assert "http_listening" not in start_server().events()
 
 
 async def test_process_serves_metrics_on_its_http_port(server_process):

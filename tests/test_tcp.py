@@ -1,21 +1,16 @@
 """The ``netplay-server`` process over real loopback TCP.
 
-Each test starts its own server process on a free port, reads the port from
-the JSON ``listening`` log line, and stops the process at the end whatever
-happens.  Waits are real but short and every one of them is bounded.
+Each test starts its own server process on a free port (``helpers.LoggingProcess``),
+which reads the port from the JSON ``listening`` log line, and stops the process at
+the end whatever happens.  Waits are real but short and every one of them is bounded.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import time
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -25,100 +20,16 @@ from netplay import messages as m
 from netplay.testing import ConnectionClosed, ScriptedClient, pair_up, start_match
 from netplay.wire import encode_json
 
-SERVER_COMMAND = [
-    sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "",
-    "--host", "127.0.0.1", "--port", "0", "--log-format", "json", "--seed", "7",
-]
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
+from helpers import STOP_TIMEOUT, LoggingProcess
 
-
-class ServerProcess:
-    """One server process whose JSON log goes to a file."""
-
-    def __init__(self, log_path: Path, extra_args: list[str]) -> None:
-        self.log_path = log_path
-        self._log_file = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            SERVER_COMMAND + extra_args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if record.get("event") == "listening":
-                    return int(record["port"])
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.stop()
-        raise AssertionError(f"the server did not start:\n{self.log_path.read_text()}")
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every complete JSON log line written so far."""
-        records = []
-        for line in self.log_path.read_bytes().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass  # a line still being written
-        return records
-
-    def events(self) -> list[str]:
-        return [record.get("event") for record in self.records()]
-
-    async def wait_for_event(self, event: str, timeout: float = 2.0) -> dict[str, Any]:
-        """The first log record of ``event``, once it has been written."""
-        with trio.fail_after(timeout):
-            while True:
-                for record in self.records():
-                    if record.get("event") == event:
-                        return record
-                await trio.sleep(0.02)
-
-    async def connect(self, *, answer_pings: bool = True) -> ScriptedClient:
-        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-        return ScriptedClient(stream, answer_pings=answer_pings)
-
-    async def wait_for_exit(self, timeout: float = STOP_TIMEOUT) -> int:
-        with trio.fail_after(timeout):
-            while (status := self.process.poll()) is None:
-                await trio.sleep(0.02)
-        return status
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
+@pytest.fixture
+def start_server(start_server) -> Callable[..., LoggingProcess]:
+    """Server processes with a fixed seed (and the options given)."""
+    return partial(start_server, "--seed", "7")
 
 
 @pytest.fixture
-def start_server(tmp_path) -> Callable[..., ServerProcess]:
-    """Start server processes (extra options as arguments); all are stopped at teardown."""
-    started: list[ServerProcess] = []
-
-    def start(*extra_args: str) -> ServerProcess:
-        server = ServerProcess(tmp_path / f"server{len(started)}.log", list(extra_args))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def server(start_server) -> ServerProcess:
+def server(start_server) -> LoggingProcess:
     return start_server()
 
 
@@ -288,7 +199,7 @@ def menu_state(ready: bool, cursor: str, character: str, level: int) -> bytes:
     )
 
 
-async def play_scripted_session(server: ServerProcess, *, split: bool) -> list[list[Any]]:
+async def play_scripted_session(server: LoggingProcess, *, split: bool) -> list[list[Any]]:
     """A whole session where alice's writes are split at every byte or merged.
 
     Returns what alice and bob received, in order, lobby lists left out.
@@ -371,8 +282,6 @@ async def test_messages_split_at_every_byte_or_merged_get_the_same_answers(start
 async def test_signal_closes_every_connection_and_exits_zero_after_logging_stopped(
     server, signum
 ):
-    # Being served shows the signal handler is in place (it is installed right
-    # after the listening line, before anything is served).
     alice, bob, carol = [await server.connect() for _ in range(3)]
     for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
         await client.send(b"H004" + registration(name))
@@ -396,8 +305,6 @@ async def test_signal_closes_every_connection_and_exits_zero_after_logging_stopp
 
 
 async def test_signal_with_no_connections_exits_zero(server):
-    # A served hello shows the signal handler is in place (it is installed
-    # right after the listening line, before anything is served).
     client = await server.connect()
     await client.send(b"H004")
     assert await client.receive() == m.HelloAccepted()

@@ -8,43 +8,21 @@ after 1 s, so a hold of 1.5 s proves the idle clients answer their pings.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers import ROOT, LoggingProcess, load_tool, server_command, tool_command
 
 
 def _serve(log_path: Path, *options: str) -> Iterator[tuple[int, int]]:
     """(port, pid) of a server on 127.0.0.1, stopped with SIGTERM at the end."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "netplay", "--database", ":memory:", "--replays-directory", "", "--host", "127.0.0.1",
-                "--port", "0", "--log-format", "json", *options,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            cwd=ROOT,
-        )
-    try:
-        port = _wait_for_port(log_path, process)
-        yield port, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with LoggingProcess(server_command(*options), log_path) as server:
+        assert server.port is not None
+        yield server.port, server.pid
 
 
 @pytest.fixture(scope="module")
@@ -60,26 +38,10 @@ def server046(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, i
     yield from _serve(log_path, "--ping-interval", "1.0", "--idle-timeout", "3.0")
 
 
-def _wait_for_port(log_path: Path, process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "listening":
-                return int(event["port"])
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()}")
-        time.sleep(0.05)
-    raise RuntimeError("server did not log its port")
-
-
 def run_tool(script: str, *args: object, timeout: float = 30) -> list[dict[str, Any]]:
     """Run a tool with --json; return every JSON line it printed."""
     completed = subprocess.run(
-        [sys.executable, str(TOOLS / script), *map(str, args), "--json"],
+        tool_command(script.removesuffix(".py"), *map(str, args), "--json"),
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
     reports = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
@@ -218,20 +180,8 @@ def test_connhold_storm_ends_with_everyone_holding_the_full_list(server):
     assert report["lists_parsed"] >= 1
 
 
-def _load_loadgen() -> Any:
-    sys.path.insert(0, str(TOOLS))
-    try:
-        spec = importlib.util.spec_from_file_location("loadgen_under_test", TOOLS / "loadgen.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(TOOLS))
-
-
 def test_latency_histogram_percentiles_are_upper_bucket_edges():
-    loadgen = _load_loadgen()
+    loadgen = load_tool("loadgen")
     histogram = loadgen.Histogram()
     for bucket in range(100):  # one value in the middle of each of the first 100 buckets
         histogram.record((bucket * 10 + 5) / 1e6)
@@ -243,3 +193,17 @@ def test_latency_histogram_percentiles_are_upper_bucket_edges():
     merged = loadgen.Histogram()
     merged.add_sparse(histogram.to_sparse())
     assert merged.counts == histogram.counts
+
+
+def test_loadgen_prints_progress_lines_on_stderr_while_it_runs(server):
+    port, _ = server
+    completed = subprocess.run(
+        tool_command("loadgen", "--port", str(port), "--matches", "1", "--warmup", "0.2",
+                     "--duration", "1.5", "--progress-interval", "0.4", "--json"),
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    progress = [line for line in completed.stderr.splitlines() if line.startswith("  ... ")]
+    assert len(progress) >= 2, completed.stderr
+    assert any("inputs sent" in line for line in progress)
+    json.loads(completed.stdout)  # stdout keeps only the report

@@ -6,24 +6,10 @@ import pytest
 import trio
 
 from netplay.testing import Client046, pair_up046, start_match046
-from test_tcp import ServerProcess
+from helpers import LoggingProcess, server_command
 
 
-@pytest.fixture
-def start_server(tmp_path):
-    started: list[ServerProcess] = []
-
-    def start(*extra_args: str) -> ServerProcess:
-        server = ServerProcess(tmp_path / f"server{len(started)}.log", list(extra_args))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-async def connect(server: ServerProcess, name: str) -> Client046:
+async def connect(server: LoggingProcess, name: str) -> Client046:
     client = Client046(await trio.open_tcp_stream("127.0.0.1", server.port))
     await client.join(name)
     return client
@@ -66,5 +52,5 @@ async def test_corrupt_database_is_a_clear_start_up_error(tmp_path):
     path = tmp_path / "players.sqlite3"
     path.write_bytes(b"garbage" * 1000)
     with pytest.raises(AssertionError, match="cannot_use_database"):
-        ServerProcess(tmp_path / "server.log", ["--database", str(path)])
+        LoggingProcess(server_command("--database", str(path)), tmp_path / "server.log")
     assert path.read_bytes() == b"garbage" * 1000

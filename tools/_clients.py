@@ -15,10 +15,14 @@ is on ``sys.path``, and the tests put ``tools/`` there before loading a tool.
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import select
 import socket
+import statistics
+import sys
 import time
+from typing import Iterable
 
 from netplay.wire import encode_json
 
@@ -54,6 +58,71 @@ def raise_open_file_limit() -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     return soft, hard
+
+
+# Seconds between two progress lines of a tool that runs for a while.
+PROGRESS_INTERVAL = 5.0
+
+
+def percentiles(values: Iterable[float], digits: int = 3) -> dict[str, float | None]:
+    """p50, p99 and max of ``values`` (in any order), rounded to ``digits``; None each
+    when there are none.
+
+    The one percentile of the tools' reports: ``statistics.quantiles`` with the
+    inclusive method (interpolated between the two nearest ranks, never past the
+    largest value).  loadgen's latency histogram, which keeps counts rather than
+    values, reads its percentiles off the buckets instead.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None, "max": None}
+    if len(ordered) == 1:
+        cuts = ordered * 99
+    else:
+        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50": round(cuts[49], digits), "p99": round(cuts[98], digits),
+            "max": round(ordered[-1], digits)}
+
+
+class ServerUnreachable(Exception):
+    """Not one connection to the server was established; every attempt failed to connect.
+
+    A tool reports it as one line, ``TOOL: cannot reach the server at HOST:PORT: REASON``,
+    and exits with status 1, instead of a report of nothing but failures.
+    """
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot reach the server at {host}:{port}: {reason}")
+
+
+def report_unreachable(tool: str, error: ServerUnreachable) -> int:
+    """Print ``error`` as the tool's one line on stderr; the exit status (1)."""
+    print(f"{tool}: {error}", file=sys.stderr, flush=True)
+    return 1
+
+
+class Progress:
+    """One line on stderr every :data:`PROGRESS_INTERVAL` seconds while a tool runs.
+
+    ``due(now)`` is cheap enough for a tight loop; ``say(now, text)`` prints
+    ``  ... <seconds since start> s: <text>`` and schedules the next line.
+    Disabled (``--quiet``, or in a worker that is not the first), it says nothing.
+    """
+
+    def __init__(self, *, enabled: bool = True, label: str = "",
+                 interval: float = PROGRESS_INTERVAL) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.interval = interval
+        self.start = time.monotonic()
+        self.next_at = self.start + interval
+
+    def due(self, now: float) -> bool:
+        return self.enabled and now >= self.next_at
+
+    def say(self, now: float, text: str) -> None:
+        self.next_at = now + self.interval
+        print(f"  ... {self.label}{now - self.start:.0f} s: {text}", file=sys.stderr, flush=True)
 
 
 class Client:
@@ -96,6 +165,23 @@ class EpollClients:
         self.retries: list = []
         self.in_flight = 0  # connecting, or connected and not yet registered
         self.failures: dict[str, int] = {}
+        self.established = 0  # connections that got through, ever
+
+    def unreachable_reason(self) -> str | None:
+        """Why the server cannot be reached (``Connection refused``), if no connection
+        ever got through and connects failed; else None."""
+        failed = [reason for reason in self.failures if reason.startswith("connect_")]
+        if self.established or not failed:
+            return None
+        name = failed[0].removeprefix("connect_")
+        code = getattr(errno, name, None)
+        return os.strerror(code) if isinstance(code, int) else name
+
+    def check_reachable(self) -> None:
+        """Raise :class:`ServerUnreachable` if :meth:`unreachable_reason` has one."""
+        reason = self.unreachable_reason()
+        if reason is not None:
+            raise ServerUnreachable(*self.address, reason)
 
     def _count(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
@@ -156,6 +242,7 @@ class EpollClients:
             self._drop_socket(client)
             self._retry(client, now, error)
             return
+        self.established += 1
         self._established(client, now)
         client.state = HANDSHAKE
         self.epoll.modify(client.fd, EPOLLIN)

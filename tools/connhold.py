@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import socket
 import sys
@@ -309,17 +308,6 @@ class Crowd(_clients.EpollClients):
 # ---------------------------------------------------------------------------
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def rank(fraction: float) -> float:
-        return round(ordered[max(0, math.ceil(fraction * len(ordered)) - 1)], 3)
-
-    return {"p50": rank(0.5), "p99": rank(0.99), "max": round(ordered[-1], 3)}
-
-
 def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     pid = args.server_pid
     report: dict[str, Any] = {"mode": "hold", "clients": args.clients}
@@ -330,6 +318,7 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     deadline = start + args.setup_timeout
     while not crowd.settled() and time.monotonic() < deadline:
         crowd.step(0.01)
+    crowd.check_reachable()
     setup_seconds = time.monotonic() - start
     setup_cpu_end = _procstat.own_cpu_seconds()
     report["registered"] = crowd.registered
@@ -406,8 +395,8 @@ def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
         "all_complete": crowd.complete == args.clients,
         "storm_seconds": round(max(completions), 3) if crowd.complete == args.clients else None,
         "last_connected_seconds": round(crowd.connected_at - first, 3) if first else None,
-        "registered_seconds": _percentiles(registrations),
-        "complete_seconds": _percentiles(completions),
+        "registered_seconds": _clients.percentiles(registrations),
+        "complete_seconds": _clients.percentiles(completions),
         "bytes_received": crowd.bytes_received,
         "lists_parsed": crowd.lists_checked,
         "failures": crowd.failures,
@@ -521,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     crowd.show_progress = not args.quiet
     try:
         report = storm(args, crowd) if args.storm else hold(args, crowd)
+    except _clients.ServerUnreachable as error:
+        return _clients.report_unreachable("connhold", error)
     finally:
         crowd.close()
     report["open_file_limit"] = soft

@@ -272,6 +272,7 @@ class Worker(_clients.EpollClients):
         self.finish_window_start = math.inf
         self.finish_window_length = 0.0
         self.finish_latency: list[Histogram] = []
+        self.progress = _clients.Progress(enabled=False)  # the caller may enable it
 
     # -- connection set-up ------------------------------------------------------
 
@@ -490,6 +491,9 @@ class Worker(_clients.EpollClients):
             now = time.monotonic()
             if now >= deadline:
                 break
+            if self.progress.due(now):
+                self.progress.say(now, f"set-up: {self.ready_clients}/{target} players ready, "
+                                  f"failures {self.failures or 'none'}")
             self._start_due_connects(now)
             if not (self.connect_queue or self.retries or self.in_flight) and all(
                 c.state in (READY, FAILED) or c.partner.state == FAILED  # type: ignore[union-attr]
@@ -597,6 +601,8 @@ class Worker(_clients.EpollClients):
                 if slot == count:
                     slot = 0
                     frame += 1
+                    if self.progress.due(now):
+                        self.progress.say(now, self._progress_line(now, measure_at))
                 next_at = start_at + frame * FRAME_SECONDS + players[slot].phase
                 now = monotonic()
             if next_at <= now:  # behind schedule: read what came in, then go on sending
@@ -628,6 +634,12 @@ class Worker(_clients.EpollClients):
     def _send_game_over(self, client: Client, now: float) -> None:
         """End ``client``'s game (046 only: 004 players never get a ``finish_due``)."""
         raise NotImplementedError
+
+    def _progress_line(self, now: float, measure_at: float) -> str:
+        phase = "measuring" if now >= measure_at else "warming up"
+        closed = sum(1 for c in self.clients if c.state == READY and c.closed)
+        return (f"{phase}: {self.sent} inputs sent, {self.received} received, "
+                f"{closed} players closed")
 
     def _drained(self, players: list[Client]) -> bool:
         """Whether every input sent has arrived wherever it was going."""
@@ -1229,9 +1241,14 @@ def _worker_process(spec: dict[str, Any], pipe: Any) -> None:
     tighten_timer_slack()
     _clients.raise_open_file_limit()
     worker = make_worker(spec, spec["match_ids"], spec["prefix"], spec["seed"])
+    # The first process speaks for all: they move in step.
+    worker.progress = _clients.Progress(
+        enabled=spec["progress_interval"] > 0 and spec["index"] == 0,
+        interval=spec["progress_interval"], label="process 1: ",
+    )
     try:
         ready = worker.setup(spec["setup_timeout"])
-        pipe.send(("ready", ready))
+        pipe.send(("ready", ready, worker.unreachable_reason()))
         command = pipe.recv()
         if command[0] == "start":
             _, start_at, measure_at, end_at = command
@@ -1285,6 +1302,7 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         "finish_ranks": finishing_ranks(matches, args.finish_matches),
         "finish_at": args.finish_at, "finish_spread": args.finish_spread,
         "finish_margin": args.finish_window, "ranked": args.ranked,
+        "progress_interval": 0.0 if args.quiet else args.progress_interval,
     }
     processes = max(1, min(args.processes, matches)) if matches else 1
     shares = _split(matches, processes)
@@ -1306,8 +1324,11 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
     ready = 0
     if processes == 1:
         worker = make_worker(spec_base, shares[0], f"lg{tag}p0", seed)
+        worker.progress = _clients.Progress(enabled=spec_base["progress_interval"] > 0,
+                                            interval=spec_base["progress_interval"])
         try:
             ready = worker.setup(setup_timeout)
+            worker.check_reachable()
             start_at = time.monotonic() + 0.2
             worker.spectate_at = start_at + args.spectator_delay
             if isinstance(worker, Worker046):
@@ -1327,15 +1348,23 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         children = []
         for index, share in enumerate(shares):
             parent_end, child_end = context.Pipe()
-            spec = dict(spec_base, match_ids=share, prefix=f"lg{tag}p{index}", seed=seed + index)
+            spec = dict(spec_base, match_ids=share, prefix=f"lg{tag}p{index}", seed=seed + index,
+                        index=index)
             process = context.Process(target=_worker_process, args=(spec, child_end), daemon=True)
             process.start()
             children.append((process, parent_end))
         try:
+            unreachable = []
             for process, pipe in children:
                 if not pipe.poll(setup_timeout + 30):
                     raise RuntimeError("a generator process did not finish its set-up")
-                ready += pipe.recv()[1]
+                _, process_ready, reason = pipe.recv()
+                ready += process_ready
+                unreachable.append(reason)
+            if None not in unreachable:
+                for _, pipe in children:
+                    pipe.send(("stop",))
+                raise _clients.ServerUnreachable(args.host, args.port, unreachable[0])
             start_at = time.monotonic() + 0.3
             measure_at = start_at + args.warmup
             end_at = measure_at + args.duration
@@ -1787,6 +1816,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ramp-p99-ms", type=float, default=16.7)
     parser.add_argument("--ramp-pause", type=float, default=3.0,
                         help="seconds between ramp steps")
+    parser.add_argument("--progress-interval", type=float, default=_clients.PROGRESS_INTERVAL,
+                        metavar="SECONDS",
+                        help="seconds between progress lines on stderr (%(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -1811,6 +1844,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(format_report(report), flush=True)
 
+    try:
+        return _run(args, emit)
+    except _clients.ServerUnreachable as error:
+        return _clients.report_unreachable("loadgen", error)
+
+
+def _run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int:
+    """The experiment or the ramp of ``args``; the exit status."""
     if args.ramp:
         summary = ramp(args, emit)
         if args.json:

@@ -40,10 +40,8 @@ from typing import Any
 try:  # run as a script: tools/ is on sys.path
     import _clients
     import _procstat
-    from connhold import _percentiles
 except ImportError:  # imported as tools.loginstorm
     from tools import _clients, _procstat  # type: ignore[no-redef]
-    from tools.connhold import _percentiles  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
@@ -221,7 +219,7 @@ class Crowd(_clients.EpollClients):
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
-    summary = _percentiles([value * 1000.0 for value in values])
+    summary = _clients.percentiles([value * 1000.0 for value in values])
     summary["n"] = len(values)
     return summary
 
@@ -235,6 +233,7 @@ def seed_phase(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, st
         crowd.run(start + args.timeout)
     finally:
         crowd.close()
+    crowd.check_reachable()
     ids = {c.name: c.new_user_id for c in clients if c.result == "new_id" and c.new_user_id}
     summary = {
         "clients": len(clients),
@@ -265,6 +264,7 @@ def storm_phase(
         elapsed = time.monotonic() - start
         own = _procstat.own_cpu_seconds()
         crowd.close()
+    crowd.check_reachable()
     answered = [c for c in clients if c.state == ANSWERED]
     login = [c.answered_at - c.login_sent_at for c in answered]
     report: dict[str, Any] = {
@@ -380,9 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: names would exceed 16 characters; use a shorter --name-prefix",
               file=sys.stderr)
         return 2
-    ids, seed_summary = seed_phase(args, returning_names)
-    time.sleep(args.pause)
-    storm = storm_phase(args, new_names, ids)
+    try:
+        ids, seed_summary = seed_phase(args, returning_names)
+        time.sleep(args.pause)
+        storm = storm_phase(args, new_names, ids)
+    except _clients.ServerUnreachable as error:
+        return _clients.report_unreachable("loginstorm", error)
     report = {"mode": "login_storm", "seed": seed_summary, "storm": storm}
     print(json.dumps(report) if args.json else format_report(report), flush=True)
     ok = len(ids) == returning and storm["answered"] == args.clients and not storm["over_limit"]

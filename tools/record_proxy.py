@@ -13,12 +13,16 @@ connection ids 1, 2, 3... in accept order, and is flushed as it grows.
 ``--seed`` notes the upstream server's seed in the file's settings, so a
 replay can start a server with the same one.  ``--listen 0`` picks a free
 port; the ``listening`` log line says which.  SIGINT or SIGTERM closes every
-connection, completes the file and exits 0.
+connection, completes the file and exits 0.  A port that cannot be listened on or
+an --out file that cannot be created is one error line and exit status 1, with no
+file left behind.  The upstream server is not probed at start (a probe would be a
+connection in its own recording); a client it cannot reach is logged and closed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 from typing import Any, Sequence
@@ -27,7 +31,7 @@ import structlog
 import trio
 
 from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
-from netplay.recording import FileRecorder, open_session_file
+from netplay.recording import FileRecorder, RecordingError, open_session_file
 
 log = structlog.get_logger("record_proxy")
 
@@ -55,6 +59,15 @@ class RecordingProxy:
     ) -> None:
         """Listen on ``host:port`` and relay until :meth:`shutdown`.  Reports the port."""
         listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve(listeners, task_status=task_status)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Relay the clients of ``listeners`` (closed on return) until :meth:`shutdown`."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for listener in listeners:
@@ -190,11 +203,35 @@ def proxy_settings(upstream: tuple[str, int], seed: int | None) -> dict[str, Any
     return settings
 
 
+class CannotStart(Exception):
+    """Logged as ``event`` with ``context``; the proxy exits 1."""
+
+    def __init__(self, event: str, **context: object) -> None:
+        super().__init__(event)
+        self.event = event
+        self.context = context
+
+
 async def serve(args: argparse.Namespace) -> None:
-    async with open_session_file(args.out, proxy_settings(args.upstream, args.seed)) as recorder:
+    """Listen, then create the session file (so a busy port leaves no file), relay until
+    SIGINT or SIGTERM.  Raises :class:`CannotStart`."""
+    try:
+        listeners = await trio.open_tcp_listeners(args.listen, host=args.listen_host)
+    except OSError as error:
+        raise CannotStart("cannot_listen", host=args.listen_host, port=args.listen,
+                          error=error.strerror or str(error)) from None
+    async with contextlib.AsyncExitStack() as stack:
+        for listener in listeners:  # closed here too if start-up goes no further
+            stack.push_async_callback(listener.aclose)
+        try:
+            recorder = await stack.enter_async_context(
+                open_session_file(args.out, proxy_settings(args.upstream, args.seed))
+            )
+        except RecordingError as error:
+            raise CannotStart("cannot_record", out=args.out, error=str(error)) from None
         proxy = RecordingProxy(args.upstream, recorder)
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(proxy.run, args.listen_host, args.listen)
+            port = await nursery.start(proxy.serve, listeners)
             log.info("listening", host=args.listen_host, port=port,
                      upstream="%s:%d" % args.upstream, out=args.out)
             await wait_for_stop_signal()
@@ -208,9 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(log_format=log_format, level=args.log_level)
     try:
         trio.run(serve, args)
-    except OSError as error:
-        log.error("cannot_start", error=str(error))
-        return 2
+    except CannotStart as error:
+        log.error(error.event, **error.context)
+        return 1
     return 0
 
 

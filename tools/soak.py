@@ -60,15 +60,17 @@ import secrets
 import socket
 import struct
 import sys
+import time
 from typing import Any, Callable
 
 import attrs
 import trio
 
 try:  # run as a script: tools/ is on sys.path
+    import _clients
     import _procstat
 except ImportError:  # imported as tools.soak
-    from tools import _procstat  # type: ignore[no-redef]
+    from tools import _clients, _procstat  # type: ignore[no-redef]
 
 from netplay import messages as m
 from netplay.errors import RemoteProtocolError
@@ -105,6 +107,8 @@ class Options:
     gone_within: float = 3.0
     control_interval: float = 0.5
     document_share: float = 0.2  # share of clients speaking the design document's dialect
+    # Seconds between two progress lines on stderr; 0: none.
+    progress_interval: float = _clients.PROGRESS_INTERVAL
 
 
 @attrs.define
@@ -129,7 +133,7 @@ class Report:
         return not self.violations
 
     def as_dict(self) -> dict[str, Any]:
-        latencies = sorted(self.handshake_seconds)
+        handshakes = _clients.percentiles(self.handshake_seconds, digits=6)
         return {
             "seed": self.seed,
             "clients": self.clients,
@@ -138,10 +142,10 @@ class Report:
             "violation_examples": self.examples,
             "actions": dict(sorted(self.actions.items())),
             "errors": dict(sorted(self.errors.items())),
-            "control_handshakes": len(latencies),
-            "handshake_ms_median": _ms(_quantile(latencies, 0.5)),
-            "handshake_ms_p99": _ms(_quantile(latencies, 0.99)),
-            "handshake_ms_max": _ms(latencies[-1] if latencies else None),
+            "control_handshakes": len(self.handshake_seconds),
+            "handshake_ms_median": _ms(handshakes["p50"]),
+            "handshake_ms_p99": _ms(handshakes["p99"]),
+            "handshake_ms_max": _ms(handshakes["max"]),
             "max_tool_lag_ms": _ms(self.max_tool_lag),
             "server_rss_start": self.rss_start,
             "server_rss_peak": self.rss_peak,
@@ -174,12 +178,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -190,10 +188,6 @@ def _mib(size: int | None) -> str:
 
 class ServerClosed(Exception):
     """The server closed (or reset) the connection, or we already had."""
-
-
-class CannotReachServer(Exception):
-    """Not even one handshake with the server succeeded."""
 
 
 # ---------------------------------------------------------------------------
@@ -599,7 +593,7 @@ class Soak:
         options = self.options
         self.started = trio.current_time()
         if await self.control_handshake() is None:
-            raise CannotReachServer(f"{options.host}:{options.port}")
+            raise _clients.ServerUnreachable(options.host, options.port, "no handshake answered")
         self.report.rss_start = self.rss()
         self.report.rss_peak = self.report.rss_start
         async with trio.open_nursery() as nursery:
@@ -607,6 +601,8 @@ class Soak:
             nursery.start_soon(self.watch_own_lag)
             nursery.start_soon(self.watch_server_memory)
             nursery.start_soon(self.control_loop)
+            if options.progress_interval > 0:
+                nursery.start_soon(self.show_progress)
             async with trio.open_nursery() as slots:
                 for slot in range(options.clients):
                     slots.start_soon(self.run_slot, slot)
@@ -619,6 +615,19 @@ class Soak:
             nursery.cancel_scope.cancel()
         self.report.rss_end = self.rss()
         return self.report
+
+    async def show_progress(self) -> None:
+        """A line on stderr every ``progress_interval`` seconds: what was done, what went wrong."""
+        progress = _clients.Progress(interval=self.options.progress_interval)
+        while True:
+            await trio.sleep(self.options.progress_interval)
+            report = self.report
+            episodes = sum(n for kind, n in report.actions.items() if kind.startswith("episode_"))
+            progress.say(time.monotonic(), (
+                f"{episodes} episodes, {report.actions['matches_started']} matches started, "
+                f"{sum(report.violations.values())} violations, "
+                f"{sum(report.errors.values())} errors"
+            ))
 
     async def run_slot(self, slot: int) -> None:
         await trio.sleep(self.random.random())  # do not all connect at once
@@ -1063,6 +1072,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gone-within", type=float, default=defaults.gone_within)
     parser.add_argument("--control-interval", type=float, default=defaults.control_interval)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--progress-interval", type=float, default=defaults.progress_interval,
+                        metavar="SECONDS",
+                        help="seconds between progress lines on stderr (%(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -1074,12 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
         ping_interval=args.ping_interval, answer_within=args.answer_within,
         handshake_within=args.handshake_within, gone_within=args.gone_within,
         control_interval=args.control_interval,
+        progress_interval=0.0 if args.quiet else args.progress_interval,
     )
     try:
         report = trio.run(soak, options)
-    except CannotReachServer as error:
-        print(f"soak: cannot reach the server at {error}", file=sys.stderr)
-        return 2
+    except _clients.ServerUnreachable as error:
+        return _clients.report_unreachable("soak", error)
     print(json.dumps(report.as_dict()) if args.json else report.render(), flush=True)
     return 0 if report.ok else 1
 
