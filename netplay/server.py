@@ -51,6 +51,11 @@ MAX_PENDING_STORAGE_OPERATIONS = 10_000
 MAX_STORAGE_BATCH = 500
 # Outcomes handed to the lobby between two chances for the relay to run.
 OUTCOMES_PER_ROUND = 8
+# Replay files: written this many at a time, with this pause between rounds
+# (building one is a millisecond of Python), at most this many waiting.
+REPLAYS_PER_ROUND = 4
+REPLAY_ROUND_PAUSE = 0.01
+MAX_PENDING_REPLAYS = 10_000
 # The storage worker thread's nice value: below the event loop (see
 # :func:`yield_to_event_loop`).
 STORAGE_THREAD_NICE = 10
@@ -156,6 +161,10 @@ class Server:
         self.config = config
         self.core = ServerCore(config, seed=seed, run_id=secrets.token_hex(6))
         self.replays_directory = replays_directory
+        # Stored games whose replay files are still to be written.
+        self._replays_send, self._replays_receive = trio.open_memory_channel[results.FinishGame](
+            MAX_PENDING_REPLAYS
+        )
         self.counters = self.core.counters
         self._traffic = self.counters.traffic
         # When :meth:`run` started, on trio's clock and on the wall clock.
@@ -195,6 +204,7 @@ class Server:
             self.core.lobby046.wall_clock_offset = time.time() - trio.current_time()
             nursery.start_soon(self._snapshot_loop)
             nursery.start_soon(self._storage_loop)
+            nursery.start_soon(self._replay_loop)
             nursery.start_soon(self._tick_loop)
             if poller.available():
                 self._poller = poller.ReadPoller(coalesce=self.config.read_coalesce)
@@ -482,9 +492,7 @@ class Server:
             counters = self.counters
             started = time.perf_counter()
             try:
-                run = partial(
-                    results.run_batch, self.database, operations, self.replays_directory
-                )
+                run = partial(results.run_batch, self.database, operations)
                 if self.database_in_thread:
                     outcomes = await trio.to_thread.run_sync(_in_worker_thread, run)
                 else:
@@ -503,6 +511,33 @@ class Server:
                     await trio.lowlevel.checkpoint()
                 now = trio.current_time()
                 self._execute(self.core.stored(action.player, action.operation, outcome, now))
+                if type(action.operation) is results.FinishGame and self.replays_directory:
+                    try:
+                        self._replays_send.send_nowait(action.operation)
+                    except trio.WouldBlock:
+                        log.warning("replay_dropped", game=action.operation.key,
+                                    reason="too many replays waiting")
+
+    async def _replay_loop(self) -> None:
+        """Write replay files a few at a time, with pauses, so a burst never delays the relay."""
+        async for first in self._replays_receive:
+            games = [first]
+            while len(games) < REPLAYS_PER_ROUND:
+                try:
+                    games.append(self._replays_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            directory = self.replays_directory
+            assert directory is not None
+            write = partial(results.write_replays, self.database, games, directory)
+            try:
+                if self.database_in_thread:
+                    await trio.to_thread.run_sync(_in_worker_thread, write)
+                    await trio.sleep(REPLAY_ROUND_PAUSE)
+                else:
+                    write()
+            except Exception:
+                log.exception("replays_failed", games=len(games))
 
     async def _tick_loop(self) -> None:
         """Call the core's ``tick`` at each of its deadlines, and only then."""

@@ -215,6 +215,20 @@ class Rename:
     name: str
 
 
+@attrs.frozen
+class AttachReplay:
+    """Name the replay file of stored game ``key``, written after the game was stored."""
+
+    key: str
+    replay_path: str
+
+
+@attrs.frozen
+class AttachOutcome:
+    attached: bool  # False: no game with that key, or the database failed
+    reason: str | None = None
+
+
 class AdminResult(enum.Enum):
     DONE = "done"
     UNKNOWN_ID = "unknown_id"
@@ -283,12 +297,12 @@ class GamesOutcome:
 
 
 Operation = (
-    Login | ImportPlayer | RecordGame | RankedProfiles | Leaderboard | FindPlayers | Rename | Ban
-    | Unban | PlayerGames
+    Login | ImportPlayer | RecordGame | AttachReplay | RankedProfiles | Leaderboard | FindPlayers
+    | Rename | Ban | Unban | PlayerGames
 )
 Outcome = (
-    LoginOutcome | ImportOutcome | RecordGameOutcome | RankedProfilesOutcome | LeaderboardOutcome
-    | PlayersOutcome | AdminOutcome | GamesOutcome
+    LoginOutcome | ImportOutcome | RecordGameOutcome | AttachOutcome | RankedProfilesOutcome
+    | LeaderboardOutcome | PlayersOutcome | AdminOutcome | GamesOutcome
 )
 
 
@@ -308,6 +322,8 @@ def failed_outcome(operation: Operation, reason: str) -> Outcome:
         return AdminOutcome(AdminResult.UNAVAILABLE, reason=reason)
     if isinstance(operation, PlayerGames):
         return GamesOutcome(error=reason)
+    if isinstance(operation, AttachReplay):
+        return AttachOutcome(False, reason)
     return LoginOutcome(LoginResult.UNAVAILABLE, reason=reason)
 
 
@@ -542,6 +558,15 @@ class SqliteStorage:
         if handler is not None:
             return handler(self, operation)
         raise TypeError(f"unknown storage operation {operation!r}")
+
+    def _attach_replay(self, operation: AttachReplay) -> AttachOutcome:
+        cursor = self._db.execute(
+            "UPDATE games SET replay_path = ? WHERE game_key = ?",
+            (operation.replay_path, operation.key),
+        )
+        if cursor.rowcount != 1:
+            return AttachOutcome(False, "no game with this key")
+        return AttachOutcome(True)
 
     def _login(self, login: Login) -> LoginOutcome:
         db = self._db
@@ -860,6 +885,7 @@ class SqliteStorage:
 
 _HANDLERS: dict[type, Callable] = {
     RecordGame: SqliteStorage._record_game,
+    AttachReplay: SqliteStorage._attach_replay,
     RankedProfiles: SqliteStorage._ranked_profiles,
     Leaderboard: SqliteStorage._leaderboard,
     FindPlayers: SqliteStorage._find_players,

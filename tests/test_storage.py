@@ -139,3 +139,14 @@ def test_batches_from_many_threads_are_serialised(database):
     for thread in threads:
         thread.join()
     assert len(results) == 100 and all(r.result is LoginResult.NEW_ID for r in results)
+
+
+def test_a_replay_is_attached_to_its_stored_game_by_key(database):
+    from test_storage_ranked import game
+
+    (recorded,) = database.execute([storage.RecordGame("run:1:1", game(None, None, ranked=False))])
+    assert recorded.result is storage.RecordResult.RECORDED
+    attached, unknown = database.execute([
+        storage.AttachReplay("run:1:1", "v046/x.txt"), storage.AttachReplay("nope", "y.txt"),
+    ])
+    assert attached.attached and not unknown.attached

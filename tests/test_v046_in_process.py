@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from netplay import messages as m
+from netplay import storage
 from netplay.config import Config
 from netplay.testing import (
     Client046,
@@ -326,7 +327,15 @@ async def test_ranked_game_changes_ratings_and_writes_the_replay(autojump_clock,
         assert [r["placement_match_progress"] for r in select["ratings"]] == [
             "1/30 placement matches played.", "1/30 placement matches played.",
         ]
-        (replay,) = tmp_path.rglob("*.txt")
-        assert "bob" in replay.name and "Ranked" in replay.name
         await alice.send_json({"leaderboard_request": True})
         assert (await alice.receive_until("leaderboard_report"))["leaderboard_report"] == []
+        # The replay follows the stored game.
+        (replay,) = tmp_path.rglob("*.txt")
+        assert "bob" in replay.name and "Ranked" in replay.name
+        (game,) = server.database.execute([storage.PlayerGames(replay_owner(server))])[0].games
+        assert game.replay_path == replay.relative_to(tmp_path).as_posix()
+
+
+def replay_owner(server) -> str:
+    """The user id of the first 046 player still logged in."""
+    return next(p.user_id for p in server.core.lobby046.players.values() if p.user_id)
