@@ -53,8 +53,8 @@ MAX_STORAGE_BATCH = 500
 OUTCOMES_PER_ROUND = 8
 # Replay files: written this many at a time, with this pause between rounds
 # (building one is a millisecond of Python), at most this many waiting.
-REPLAYS_PER_ROUND = 4
-REPLAY_ROUND_PAUSE = 0.01
+REPLAYS_PER_ROUND = 1
+REPLAY_ROUND_PAUSE = 0.02
 MAX_PENDING_REPLAYS = 10_000
 # The storage worker thread's nice value: below the event loop (see
 # :func:`yield_to_event_loop`).
