@@ -67,6 +67,9 @@ def test_loadgen_plays_matches_without_loss_and_measures_latency(server):
     assert report["panels"] >= 8 and report["opponent_panels"] >= 8  # each first P and its O
     assert report["send_lag_ms"]["n"] == report["sent"]
     assert report["server_cpu_percent"] is not None and report["server_rss_mib"] > 1
+    assert report["server_cpu_percent"] > 0 and report["server_rss_before_mib"] > 1
+    assert report["server_preempted"] >= 0  # involuntary switches of its threads in the window
+    assert report["machine_busy_percent"] > 0 and report["machine_steal_percent"] >= 0
 
 
 def test_loadgen_ramp_reports_each_step_and_a_summary(server):
@@ -165,7 +168,8 @@ def test_connhold_holds_idle_clients_that_answer_pings(server):
     assert report["all_held"] and report["closed_by_server"] == 0
     assert report["pings_answered"] >= 40  # the hold outlasts the idle timeout
     assert report["server_open_files"] >= 40
-    assert report["server_rss_after_mib"] > 1
+    assert report["server_rss_after_mib"] > 1 and report["server_rss_before_mib"] > 1
+    assert report["server_cpu_percent_during_hold"] >= 0
 
 
 def test_connhold_storm_ends_with_everyone_holding_the_full_list(server):

@@ -8,6 +8,10 @@ kernel will not take kept per client until the socket is writable.  That
 plumbing is :class:`EpollClients`; each tool subclasses it (and
 :class:`Client`) for what it does with the server's messages.
 
+The tools' figures about processes and the machine (CPU time, resident
+memory, preemptions, machine busy and steal time) come from ``psutil``: see
+:class:`CpuMeter`, :class:`PreemptionMeter` and :class:`MachineMeter`.
+
 Imported as a sibling module (``import _clients``): a script's own directory
 is on ``sys.path``, and the tests put ``tools/`` there before loading a tool.
 """
@@ -23,6 +27,8 @@ import statistics
 import sys
 import time
 from typing import Iterable
+
+import psutil
 
 from netplay.wire import encode_json
 
@@ -82,6 +88,197 @@ def percentiles(values: Iterable[float], digits: int = 3) -> dict[str, float | N
         cuts = statistics.quantiles(ordered, n=100, method="inclusive")
     return {"p50": round(cuts[49], digits), "p99": round(cuts[98], digits),
             "max": round(ordered[-1], digits)}
+
+
+# ---------------------------------------------------------------------------
+# Process and machine statistics
+#
+# Every function takes a pid and returns None when the process is gone or not
+# readable, so a report degrades to "unknown" instead of failing.
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of ``pid`` so far, in seconds (all its threads)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid``, in bytes."""
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+
+
+def open_files(pid: int) -> int | None:
+    """How many file descriptors ``pid`` holds open."""
+    try:
+        return psutil.Process(pid).num_fds()
+    except psutil.Error:
+        return None
+
+
+def mib(size: int | None) -> float | None:
+    """A byte count in MiB, to 0.1, for a report; None stays None."""
+    return None if size is None else round(size / (1 << 20), 1)
+
+
+def own_cpu_seconds() -> float:
+    """User plus system CPU time of this process so far."""
+    times = os.times()
+    return times.user + times.system
+
+
+class CpuMeter:
+    """CPU use of one process over a window, as a percentage of one core.
+
+    ``start()`` and ``stop()`` bracket the window; ``percent`` is
+    (CPU seconds spent in the window) / (wall seconds of the window) * 100.
+    The kernel counts CPU time in clock ticks (usually 10 ms), so windows of a
+    few seconds or more are needed for a figure within a percent or two.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._cpu_start: float | None = None
+        self._wall_start = 0.0
+        self.cpu: float | None = None
+        self.wall = 0.0
+
+    def start(self) -> None:
+        self._wall_start = time.monotonic()
+        self._cpu_start = cpu_seconds(self.pid)
+
+    def stop(self) -> float | None:
+        """End the window; return the CPU percentage (None if unknown)."""
+        end = cpu_seconds(self.pid)
+        self.wall = time.monotonic() - self._wall_start
+        if end is None or self._cpu_start is None or self.wall <= 0:
+            self.cpu = None
+            return None
+        self.cpu = end - self._cpu_start
+        return self.percent
+
+    @property
+    def percent(self) -> float | None:
+        if self.cpu is None or self.wall <= 0:
+            return None
+        return 100.0 * self.cpu / self.wall
+
+
+def started_cpu_meter(pid: int | None) -> CpuMeter | None:
+    """A :class:`CpuMeter` on ``pid`` with its window open; None when no pid was given."""
+    if not pid:
+        return None
+    meter = CpuMeter(pid)
+    meter.start()
+    return meter
+
+
+def thread_preemptions(pid: int) -> dict[tuple[int, float], int] | None:
+    """Involuntary context switches so far of each thread of ``pid``.
+
+    Keyed by (thread id, thread start time), so that a thread id the kernel
+    hands out again is a new thread.  Linux only: elsewhere, or when the
+    process is gone, None.
+    """
+    process = _process(pid)
+    if process is None:
+        return None
+    try:
+        threads = process.threads()
+    except psutil.Error:
+        return None
+    counts: dict[tuple[int, float], int] = {}
+    for thread in threads:
+        try:
+            task = psutil.Process(thread.id)  # on Linux, a thread id reads as a process
+            counts[(thread.id, task.create_time())] = task.num_ctx_switches().involuntary
+        except psutil.Error:  # the thread ended meanwhile
+            continue
+    return counts
+
+
+class PreemptionMeter:
+    """Involuntary context switches of one process's threads over a window.
+
+    Each is a moment the scheduler took the CPU from one of the threads while
+    it could still run: another process, or another thread of its own (the
+    server's storage worker runs at a lower priority than its event loop).
+    ``count`` sums, over the threads alive when the window ends, the switches
+    each had within the window (all of them for a thread started within it).
+    A thread that ended within the window is not counted: once a thread is
+    gone, its figures are added up where only the process itself can read them
+    (``getrusage``).  Read thread by thread because a process's own figure
+    (``/proc/PID/status``) is its main thread's alone; and differenced thread
+    by thread, so that a thread that ends cannot make the count go down (as a
+    sum over the live threads at each end of the window did).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start: dict[tuple[int, float], int] | None = None
+        self.count: int | None = None
+
+    def start(self) -> None:
+        self._start = thread_preemptions(self.pid)
+        self.count = None
+
+    def stop(self) -> int | None:
+        """End the window; return the count (None if unknown)."""
+        end = thread_preemptions(self.pid)
+        if end is None or self._start is None:
+            self.count = None
+        else:
+            start = self._start
+            self.count = sum(max(0, switches - start.get(key, 0)) for key, switches in end.items())
+        return self.count
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, summed over all cores.
+
+    Busy is user + nice + system + irq + softirq; steal is time the hypervisor
+    gave to someone else.  Idle and iowait are not busy.  Fields a system does
+    not have (irq, softirq and steal outside Linux) count as 0.
+    """
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system
+    busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    return busy, getattr(times, "steal", 0.0)
+
+
+class MachineMeter:
+    """Busy and stolen CPU of the whole machine over a window, in percent of one core."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float] | None = None
+        self._wall_start = 0.0
+        self.busy_percent: float | None = None
+        self.steal_percent: float | None = None
+
+    def start(self) -> None:
+        self._wall_start = time.monotonic()
+        self._start = machine_busy_seconds()
+
+    def stop(self) -> None:
+        end = machine_busy_seconds()
+        wall = time.monotonic() - self._wall_start
+        if self._start is None or wall <= 0:
+            return
+        self.busy_percent = 100.0 * (end[0] - self._start[0]) / wall
+        self.steal_percent = 100.0 * (end[1] - self._start[1]) / wall
 
 
 class ServerUnreachable(Exception):

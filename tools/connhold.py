@@ -38,9 +38,8 @@ from typing import Any
 
 try:  # run as a script: tools/ is on sys.path
     import _clients
-    import _procstat
 except ImportError:  # imported as tools.connhold
-    from tools import _clients, _procstat  # type: ignore[no-redef]
+    from tools import _clients  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
@@ -311,16 +310,16 @@ class Crowd(_clients.EpollClients):
 def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     pid = args.server_pid
     report: dict[str, Any] = {"mode": "hold", "clients": args.clients}
-    rss_before = _procstat.rss_bytes(pid) if pid else None
-    setup_meter = _procstat.started_cpu_meter(pid)
+    rss_before = _clients.rss_bytes(pid) if pid else None
+    setup_meter = _clients.started_cpu_meter(pid)
     start = time.monotonic()
-    setup_cpu = _procstat.own_cpu_seconds()
+    setup_cpu = _clients.own_cpu_seconds()
     deadline = start + args.setup_timeout
     while not crowd.settled() and time.monotonic() < deadline:
         crowd.step(0.01)
     crowd.check_reachable()
     setup_seconds = time.monotonic() - start
-    setup_cpu_end = _procstat.own_cpu_seconds()
+    setup_cpu_end = _clients.own_cpu_seconds()
     report["registered"] = crowd.registered
     report["setup_seconds"] = round(setup_seconds, 2)
     report["client_cpu_percent_during_setup"] = round(
@@ -333,13 +332,13 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     settle_end = time.monotonic() + args.settle
     while time.monotonic() < settle_end:
         crowd.step(0.01)
-    rss_registered = _procstat.rss_bytes(pid) if pid else None
-    meter = _procstat.started_cpu_meter(pid)
-    own_cpu = _procstat.own_cpu_seconds()
+    rss_registered = _clients.rss_bytes(pid) if pid else None
+    meter = _clients.started_cpu_meter(pid)
+    own_cpu = _clients.own_cpu_seconds()
     hold_end = time.monotonic() + args.hold
     while time.monotonic() < hold_end:
         crowd.step(min(0.05, max(0.0, hold_end - time.monotonic())))
-    own = _procstat.own_cpu_seconds()
+    own = _clients.own_cpu_seconds()
     held = crowd.held()
     report.update(
         held=held,
@@ -353,12 +352,12 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
         ) if args.hold else None,
     )
     if pid:
-        rss_after = _procstat.rss_bytes(pid)
+        rss_after = _clients.rss_bytes(pid)
         report.update(
-            server_rss_before_mib=_procstat.mib(rss_before),
-            server_rss_registered_mib=_procstat.mib(rss_registered),
-            server_rss_after_mib=_procstat.mib(rss_after),
-            server_open_files=_procstat.open_files(pid),
+            server_rss_before_mib=_clients.mib(rss_before),
+            server_rss_registered_mib=_clients.mib(rss_registered),
+            server_rss_after_mib=_clients.mib(rss_after),
+            server_open_files=_clients.open_files(pid),
         )
         if meter is not None and meter.stop() is not None:
             report["server_cpu_percent_during_hold"] = round(meter.percent or 0.0, 1)
@@ -372,9 +371,9 @@ def hold(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
 
 def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
     pid = args.server_pid
-    rss_before = _procstat.rss_bytes(pid) if pid else None
-    meter = _procstat.started_cpu_meter(pid)
-    own_cpu = _procstat.own_cpu_seconds()
+    rss_before = _clients.rss_bytes(pid) if pid else None
+    meter = _clients.started_cpu_meter(pid)
+    own_cpu = _clients.own_cpu_seconds()
     deadline = time.monotonic() + args.setup_timeout
     while crowd.complete < args.clients:
         if time.monotonic() >= deadline:
@@ -383,7 +382,7 @@ def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
             break  # some players failed: a complete list can never come
         crowd.step(0.01)
     finished = time.monotonic()
-    own = _procstat.own_cpu_seconds()
+    own = _clients.own_cpu_seconds()
     first = crowd.first_connect_at
     completions = [c.complete_at - first for c in crowd.clients if c.complete_at]
     registrations = [c.registered_at - first for c in crowd.clients if c.registered_at]
@@ -409,8 +408,8 @@ def storm(args: argparse.Namespace, crowd: Crowd) -> dict[str, Any]:
         meter.stop()
         report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
         report["server_cpu_seconds"] = None if meter.cpu is None else round(meter.cpu, 2)
-        report["server_rss_before_mib"] = _procstat.mib(rss_before)
-        report["server_rss_after_mib"] = _procstat.mib(_procstat.rss_bytes(pid))
+        report["server_rss_before_mib"] = _clients.mib(rss_before)
+        report["server_rss_after_mib"] = _clients.mib(_clients.rss_bytes(pid))
     return report
 
 
@@ -482,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-concurrency", type=int, default=None,
                         help="connections being set up at once (hold: 1000, storm: all)")
     parser.add_argument("--server-pid", type=int, default=None,
-                        help="sample this process's RSS and CPU from /proc")
+                        help="sample this process's RSS and CPU (with psutil)")
     parser.add_argument("--name-prefix", default=None, help="prefix of the unique names")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

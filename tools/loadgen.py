@@ -67,9 +67,8 @@ from typing import Any, Callable
 
 try:  # run as a script: tools/ is on sys.path
     import _clients
-    import _procstat
 except ImportError:  # imported as tools.loadgen
-    from tools import _clients, _procstat  # type: ignore[no-redef]
+    from tools import _clients  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
@@ -557,7 +556,7 @@ class Worker(_clients.EpollClients):
                 measuring = True
                 self._start_window(now)
                 lag_counts = self.send_lag.counts
-                cpu_start = _procstat.own_cpu_seconds()
+                cpu_start = _clients.own_cpu_seconds()
                 switches_start = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
                 if on_measure is not None:
                     on_measure("start")
@@ -619,7 +618,7 @@ class Worker(_clients.EpollClients):
         if measuring:
             self._stop_window(
                 monotonic(),
-                _procstat.own_cpu_seconds() - cpu_start,
+                _clients.own_cpu_seconds() - cpu_start,
                 resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches_start,
             )
             if on_measure is not None:
@@ -1286,10 +1285,10 @@ def make_worker(spec: dict[str, Any], match_ids: list[int], prefix: str, seed: i
 def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str, Any]:
     """Set up ``matches`` matches, play them, and return the merged report."""
     server_pid = args.server_pid
-    server_rss_before = _procstat.rss_bytes(server_pid) if server_pid else None
-    meter = _procstat.CpuMeter(server_pid) if server_pid else None
-    machine = _procstat.MachineMeter()
-    server_preempted: list[int | None] = []
+    server_rss_before = _clients.rss_bytes(server_pid) if server_pid else None
+    meter = _clients.CpuMeter(server_pid) if server_pid else None
+    machine = _clients.MachineMeter()
+    preemptions = _clients.PreemptionMeter(server_pid) if server_pid else None
     setup_timeout = args.setup_timeout if args.setup_timeout else 20.0 + matches * 0.05
     spec_base = {
         "host": args.host, "port": args.port, "prefix": f"lg{tag}p",
@@ -1313,12 +1312,14 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
             machine.start()
             if meter is not None:
                 meter.start()
-                server_preempted.append(_procstat.preemptions(server_pid))
+            if preemptions is not None:
+                preemptions.start()
         else:
             machine.stop()
             if meter is not None:
                 meter.stop()
-                server_preempted.append(_procstat.preemptions(server_pid))
+            if preemptions is not None:
+                preemptions.stop()
 
     results: list[dict[str, Any]] = []
     ready = 0
@@ -1396,10 +1397,10 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
             )
     if meter is not None:
         report["server_cpu_percent"] = None if meter.percent is None else round(meter.percent, 1)
-        report["server_rss_mib"] = _procstat.mib(_procstat.rss_bytes(server_pid))
-        report["server_rss_before_mib"] = _procstat.mib(server_rss_before)
-        if len(server_preempted) == 2 and None not in server_preempted:
-            report["server_preempted"] = server_preempted[1] - server_preempted[0]  # type: ignore[operator]
+        report["server_rss_mib"] = _clients.mib(_clients.rss_bytes(server_pid))
+        report["server_rss_before_mib"] = _clients.mib(server_rss_before)
+        if preemptions is not None and preemptions.count is not None:
+            report["server_preempted"] = preemptions.count
     if machine.busy_percent is not None:
         # What the rest of the machine (other people's processes) used meanwhile;
         # approximate, since interrupt time is not always charged to a process.
@@ -1769,7 +1770,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, default=1,
                         help="generator processes to spread the matches over")
     parser.add_argument("--server-pid", type=int, default=None,
-                        help="sample this process's CPU and RSS from /proc")
+                        help="sample this process's CPU, RSS and preemptions over the measured "
+                             "window: preempted counts the involuntary context switches of its "
+                             "threads within the window (summed per thread; threads that end "
+                             "within the window are left out)")
     parser.add_argument("--setup-timeout", type=float, default=None,
                         help="seconds allowed to connect and pair (default 20 + 0.05 per match)")
     parser.add_argument("--connect-concurrency", type=int, default=100,

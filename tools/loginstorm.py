@@ -39,9 +39,8 @@ from typing import Any
 
 try:  # run as a script: tools/ is on sys.path
     import _clients
-    import _procstat
 except ImportError:  # imported as tools.loginstorm
-    from tools import _clients, _procstat  # type: ignore[no-redef]
+    from tools import _clients  # type: ignore[no-redef]
 
 from netplay.wire import encode_json
 
@@ -255,14 +254,14 @@ def storm_phase(
     random.Random(args.seed).shuffle(clients)  # new and returning mixed, as in life
     crowd = Crowd(args.host, args.port, clients, concurrency=args.connect_concurrency or len(clients))
     pid = args.server_pid
-    meter = _procstat.started_cpu_meter(pid)
-    own_cpu = _procstat.own_cpu_seconds()
+    meter = _clients.started_cpu_meter(pid)
+    own_cpu = _clients.own_cpu_seconds()
     start = time.monotonic()
     try:
         crowd.run(start + args.timeout)
     finally:
         elapsed = time.monotonic() - start
-        own = _procstat.own_cpu_seconds()
+        own = _clients.own_cpu_seconds()
         crowd.close()
     crowd.check_reachable()
     answered = [c for c in clients if c.state == ANSWERED]
@@ -353,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-concurrency", type=int, default=None,
                         help="storm: connections being set up at once (default: all)")
     parser.add_argument("--server-pid", type=int, default=None,
-                        help="sample this process's CPU from /proc during the storm")
+                        help="sample this process's CPU during the storm")
     parser.add_argument("--name-prefix", default=None,
                         help="start of every name (default: fresh per run, so that new "
                              "names are new to the database)")

@@ -40,7 +40,7 @@ seconds.  Invariants, each counted as a violation when broken:
 The report gives the counts of actions, errors (things the tool could not do,
 such as a refused connection) and violations with a few examples, handshake
 latencies, the tool's own scheduling lag, and with ``--server-pid`` the
-server's resident memory (VmRSS) at start, peak and end.  The exit status is 1
+server's resident memory (RSS) at start, peak and end.  The exit status is 1
 when any invariant was broken, 2 when the server could not be reached at all.
 
 Example::
@@ -68,9 +68,8 @@ import trio
 
 try:  # run as a script: tools/ is on sys.path
     import _clients
-    import _procstat
 except ImportError:  # imported as tools.soak
-    from tools import _clients, _procstat  # type: ignore[no-redef]
+    from tools import _clients  # type: ignore[no-redef]
 
 from netplay import messages as m
 from netplay.errors import RemoteProtocolError
@@ -1013,7 +1012,7 @@ class Soak:
 
     def rss(self) -> int | None:
         pid = self.options.server_pid
-        return None if pid is None else _procstat.rss_bytes(pid)
+        return None if pid is None else _clients.rss_bytes(pid)
 
     async def watch_server_memory(self) -> None:
         while True:
