@@ -182,6 +182,22 @@ async def start_match(first: ScriptedClient, second: ScriptedClient) -> None:
 NEW_USER_ID = "need a new user id"
 
 
+def name_message046(name: object, **overrides: Any) -> dict[str, Any]:
+    """The name message of a 2022 client, as it sends it after ``H046``."""
+    return {
+        "name": name, "level": 5, "character": "__RandomCharacter",
+        "character_is_random": "__RandomCharacter", "character_display_name": "",
+        "stage": "__RandomStage", "stage_is_random": "__RandomStage",
+        "panels_dir": "pdp_ta_common", "ranked": False,
+        "save_replays_publicly": "with my name", **overrides,
+    }
+
+
+def hello046(name: object, **overrides: Any) -> bytes:
+    """``H046`` and the name message in one write, as the 2022 client sends them."""
+    return b"H046" + encode_json(name_message046(name, **overrides))
+
+
 class Client046(ScriptedClient):
     """A scripted 2022 client: name, login, rooms, matches and spectating.
 
@@ -202,13 +218,9 @@ class Client046(ScriptedClient):
     ) -> dict[str, Any]:
         """``H046`` and the name message in one write, as the client does; return the lobby state."""
         self.name = name
-        registration = encode_json({
-            "name": name, "level": level, "character": "__RandomCharacter",
-            "character_is_random": "__RandomCharacter", "character_display_name": "",
-            "stage": "__RandomStage", "stage_is_random": "__RandomStage",
-            "panels_dir": "pdp_ta_common", "ranked": ranked,
-            "save_replays_publicly": save_replays_publicly,
-        })
+        registration = encode_json(name_message046(
+            name, level=level, ranked=ranked, save_replays_publicly=save_replays_publicly,
+        ))
         await self.send(b"H" + version.encode("ascii") + registration)
         frame = await self.receive()
         if not isinstance(frame, m.HelloAccepted):

@@ -70,6 +70,7 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.loadgen
     from tools import _clients  # type: ignore[no-redef]
 
+from netplay.testing import hello046
 from netplay.wire import encode_json
 
 # Plain globals: the per-message code looks these up on every read.
@@ -712,15 +713,6 @@ V046_RANKED_READY_STATE = v046_menu_state(ranked=True, ready=True)
 RANKED_RETRY_SECONDS = 0.1
 
 
-def hello046(name: str) -> bytes:
-    """``H046`` and the name message, one write, as the 2022 client sends them."""
-    return b"H046" + encode_json({
-        "name": name, "level": 5, "character": "__RandomCharacter",
-        "character_is_random": "__RandomCharacter", "character_display_name": "",
-        "stage": "__RandomStage", "stage_is_random": "__RandomStage",
-        "panels_dir": "pdp_ta_common", "ranked": False,
-        "save_replays_publicly": "with my name",
-    })
 
 
 class Player046(Client):

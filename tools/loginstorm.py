@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import socket
 import struct
@@ -42,6 +41,7 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.loginstorm
     from tools import _clients  # type: ignore[no-redef]
 
+from netplay.testing import hello046
 from netplay.wire import encode_json
 
 CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
@@ -57,14 +57,6 @@ RECEIVE_SIZE = 256 * 1024
 FILE_MARGIN = 64
 
 
-def hello046(name: str) -> bytes:
-    """``H046`` and the name message in one write, as the 2022 client sends them."""
-    return b"H046" + encode_json({
-        "name": name, "level": 5, "character": "__RandomCharacter",
-        "character_is_random": "__RandomCharacter", "character_display_name": "",
-        "stage": "__RandomStage", "stage_is_random": "__RandomStage",
-        "panels_dir": "pdp_ta_common", "ranked": False, "save_replays_publicly": "with my name",
-    })
 
 
 class Client(_clients.Client):

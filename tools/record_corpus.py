@@ -46,7 +46,7 @@ from netplay.recording import (
 from netplay.replay import replay_in_process_sync
 from netplay.server import Server
 from netplay.storage import MEMORY, SqliteStorage
-from netplay.testing import Client046, ScriptedClient
+from netplay.testing import Client046, ScriptedClient, hello046
 from netplay.wire import encode_json
 
 SEED = 20240611
@@ -442,14 +442,7 @@ class Actor046(Actor):
     """A scripted 2022 client (protocol 046) on the grid."""
 
     async def join046(self, **fields: Any) -> dict[str, Any]:
-        registration = {
-            "name": self.name, "level": 5, "character": "__RandomCharacter",
-            "character_is_random": "__RandomCharacter", "character_display_name": "",
-            "stage": "__RandomStage", "stage_is_random": "__RandomStage",
-            "panels_dir": "pdp_ta_common", "ranked": False,
-            "save_replays_publicly": "with my name", **fields,
-        }
-        await self.send(b"H046" + encode_json(registration))
+        await self.send(hello046(self.name, **fields))
         frame = await self.client.receive()
         assert isinstance(frame, m.HelloAccepted), frame
         self.first_reply = await self.client.receive_json()
