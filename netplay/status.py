@@ -85,6 +85,7 @@ def _v046_rooms(core: ServerCore, now: float) -> list[dict[str, Any]]:
             "match_seconds": None if match is None else round(now - match.started_at, 1),
             "spectators": [spectator.name or "" for spectator in room.spectators],
             "win_counts": list(room.win_counts),
+            "ranked": match is not None and match.ranked,
         })
     return rooms
 

@@ -196,6 +196,7 @@ async def test_046_logins_spectators_and_results_are_counted(autojump_clock):
         (room,) = document["rooms"]["list"]
         assert room["players"] == ["carol", "bob"] and room["spectators"] == ["dave"]
         assert room["playing"] and room["match_seconds"] is not None
+        assert room["ranked"] is False  # casual: the page shows no ranked badge
 
         await bob.game_over(1)
         await carol.game_over(1)
