@@ -179,8 +179,8 @@ class Match:
     selections: tuple[m.Selections, m.Selections]
     # Every input so far, player 1's and player 2's (the input letters only).
     inputs: tuple[bytearray, bytearray] = attrs.Factory(lambda: (bytearray(), bytearray()))
+    # Who each player says won (0: a draw), once reported; see ``decisions_due``.
     claims: list[int | None] = attrs.Factory(lambda: [None, None])
-    first_claim_at: float | None = None
 
 
 @attrs.define(eq=False)
@@ -649,7 +649,6 @@ class Lobby046:
         match.claims[side] = message.outcome
         other = match.claims[1 - side]
         if other is None:
-            match.first_claim_at = now
             self.decisions_due[room.number] = now + self.game_over_timeout
             self.deadlines_changed = True
             return []
