@@ -19,7 +19,7 @@ from helpers import load_tool
 
 stats = load_tool("_clients")
 CORE = min(os.sched_getaffinity(0))
-SPIN = "while True: pass"
+SPIN = "print('ready', flush=True)\nwhile True: pass"
 # Two threads spin on the core given as argv[1] until told to stop over stdin:
 # "end" stops the first (and waits for it), end of input the second.
 THREADS = """
@@ -52,9 +52,11 @@ def _spawn(*command: str, **options) -> subprocess.Popen:
 
 @pytest.fixture
 def spinner() -> Iterator[subprocess.Popen]:
-    """A child process busy on one core."""
-    process = _spawn("-c", SPIN)
+    """A child process busy on one core, once its interpreter is running."""
+    process = _spawn("-c", SPIN, stdout=subprocess.PIPE)
     try:
+        # Until it says so, the child may still be starting (a few KiB of memory).
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
         yield process
     finally:
         process.kill()
