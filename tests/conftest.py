@@ -1,10 +1,11 @@
 """Test-wide set-up: quiet structlog, and fixtures several modules use."""
 
-import logging
 import socket
 
 import pytest
 import structlog
+
+from helpers import logging_restored
 
 
 def _discard(logger, method_name, event_dict):
@@ -30,15 +31,8 @@ def isolated_logging(monkeypatch):
     """
     from netplay import cli
 
-    saved_config = structlog.get_config()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    monkeypatch.setattr(cli, "log", structlog.get_logger("netplay.cli"))
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved_config)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
+    with logging_restored(monkeypatch, cli):
+        yield
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
+import structlog
 import trio
 
 from netplay.lobby import Lobby, PlayerState, RoomState
@@ -214,3 +217,20 @@ def assert_rooms_and_requests_consistent(lobby: Lobby) -> None:
         assert sender != receiver
         assert lobby.players[sender].state is PlayerState.LOBBY
         assert lobby.players[receiver].state is PlayerState.LOBBY
+
+
+@contextlib.contextmanager
+def logging_restored(monkeypatch, module):
+    """Put back structlog's and the root logger's set-up afterwards, and give
+    ``module`` a logger of its own, since ``main`` caches the loggers it uses."""
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**saved_config)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)

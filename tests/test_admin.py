@@ -1,12 +1,11 @@
 import csv
 import io
-import logging
 import sqlite3
 import time
 
 import pytest
-import structlog
 
+from helpers import logging_restored
 from netplay import admin, storage
 from netplay.ratings import Standing
 from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
@@ -17,15 +16,8 @@ from netplay.storage import Login, LoginResult, RecordGame, SqliteStorage
 def isolated_logging(monkeypatch):
     """``main`` configures logging globally and caches loggers: put back the test
     suite's set-up, and give storage a logger only this test caches."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.setattr(storage, "log", structlog.get_logger("netplay.storage"))
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    with logging_restored(monkeypatch, storage):
+        yield
 
 
 @pytest.fixture
