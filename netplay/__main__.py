@@ -7,7 +7,7 @@ the server cleanly; see ``netplay/signals.py``.
 
 import sys
 
-from netplay.signals import StopSignals
+from netplay.operations.signals import StopSignals
 
 
 def run() -> None:

@@ -18,12 +18,17 @@ import structlog
 import trio
 
 from netplay import __version__
+from netplay.accounts.storage import StorageError
 from netplay.config import Config
 from netplay.logs import announcer, configure_logging
+from netplay.operations.settings import (
+    SettingsError,
+    add_options,
+    config_from_values,
+    read_config_file,
+)
+from netplay.operations.signals import STOP_SIGNALS, StopSignals
 from netplay.server import Server, open_listeners
-from netplay.settings import SettingsError, add_options, config_from_values, read_config_file
-from netplay.signals import STOP_SIGNALS, StopSignals
-from netplay.storage import StorageError
 
 log = structlog.get_logger("netplay.cli")
 # Lines written whatever --log-level says (the port chosen by --port 0, above all).
@@ -31,7 +36,7 @@ announce = announcer("netplay.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every option of :data:`netplay.settings.SETTINGS`, plus ``--config`` and ``--version``."""
+    """Every option of :data:`netplay.operations.settings.SETTINGS`, plus ``--config`` and ``--version``."""
     parser = argparse.ArgumentParser(
         prog="netplay-server", description="Netplay server for Panel Attack.",
         epilog="Every option can be given in a TOML file instead (--config): its key is the "
@@ -169,9 +174,9 @@ async def _stop_at_signal(
 
 
 async def _start_and_serve(config: Config, record_dir: str | None, running: _Running) -> None:
-    from netplay import web
-    from netplay.recording import RecordingError, open_recorder
-    from netplay.storage import SqliteStorage
+    from netplay.accounts.storage import SqliteStorage
+    from netplay.operations import web
+    from netplay.recording.record import RecordingError, open_recorder
 
     seed = config.seed if config.seed is not None else secrets.randbits(63)
     try:

@@ -6,9 +6,9 @@ import ipaddress
 
 import attrs
 
-from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS, V046_VERSIONS
-from netplay.names import DEFAULT_MAX_NAME_LENGTH
-from netplay.wire import DEFAULT_MAX_JSON_LENGTH
+from netplay.dialects.classic import CLIENT_VERSIONS, DOCUMENT_VERSIONS, V046_VERSIONS
+from netplay.dialects.names import DEFAULT_MAX_NAME_LENGTH
+from netplay.framing.length3 import DEFAULT_MAX_JSON_LENGTH
 
 DEFAULT_PORT = 49569
 DEFAULT_DATABASE = "netplay.sqlite3"

@@ -26,17 +26,17 @@ from typing import Any, Callable
 import attrs
 import structlog
 
-from netplay import dialect046
-from netplay import messages as m
+from netplay.accounts.ratings import PlacementRule
 from netplay.actions import Action, Close, Send
 from netplay.config import Config
-from netplay.dialect import Dialect, parse_command
+from netplay.dialects import v046 as dialect046
+from netplay.dialects.classic import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
-from netplay.lobby import Lobby, PlayerState
-from netplay.lobby046 import InputRoute, Lobby046
-from netplay.ratings import PlacementRule
+from netplay.framing import messages as m
+from netplay.framing.length3 import Decoder
+from netplay.lobbies.classic import Lobby, PlayerState
+from netplay.lobbies.v046 import InputRoute, Lobby046
 from netplay.stats import Counters
-from netplay.wire import Decoder
 
 log = structlog.get_logger("netplay.core")
 

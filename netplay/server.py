@@ -27,11 +27,13 @@ import attrs
 import structlog
 import trio
 
-from netplay import poller, results, storage
+from netplay import poller
+from netplay.accounts import storage
 from netplay.actions import Action, Close, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
-from netplay.lobby046 import InputRoute
+from netplay.lobbies import results
+from netplay.lobbies.v046 import InputRoute
 from netplay.stats import INPUT_LETTER, RELAY_SAMPLE_EVERY
 
 log = structlog.get_logger("netplay.server")

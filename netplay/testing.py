@@ -16,10 +16,15 @@ from typing import Any, AsyncIterator
 import trio
 import trio.testing
 
-from netplay import messages as m
 from netplay.config import Config
+from netplay.framing import messages as m
+from netplay.framing.length3 import (
+    MAX_JSON_LENGTH_ON_WIRE,
+    Decoder,
+    Direction,
+    encode_json,
+)
 from netplay.server import Server
-from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction, encode_json
 
 _peer_ports = itertools.count(40000)
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import structlog
 import trio
 
-from netplay.lobby import Lobby, PlayerState, RoomState
+from netplay.lobbies.classic import Lobby, PlayerState, RoomState
 from netplay.testing import ScriptedClient
 
 ROOT = Path(__file__).resolve().parents[1]

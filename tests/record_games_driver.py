@@ -21,12 +21,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netplay import ratings  # noqa: E402
-from netplay.logs import configure_logging  # noqa: E402
-from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity  # noqa: E402
-from netplay.storage import (  # noqa: E402
-    FindPlayers, Login, LoginResult, RankedProfiles, RecordGame, RecordResult, SqliteStorage,
+from netplay.accounts import ratings  # noqa: E402
+from netplay.accounts.replays import Decision, FinishedMatch, MatchPlayer, Publicity  # noqa: E402
+from netplay.accounts.storage import (  # noqa: E402
+    FindPlayers,
+    Login,
+    LoginResult,
+    RankedProfiles,
+    RecordGame,
+    RecordResult,
+    SqliteStorage,
 )
+from netplay.logs import configure_logging  # noqa: E402
 
 PLAYERS = [f"player{n}" for n in range(10)]
 

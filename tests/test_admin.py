@@ -4,12 +4,12 @@ import sqlite3
 import time
 
 import pytest
-
 from helpers import logging_restored
-from netplay import admin, storage
-from netplay.ratings import Standing
-from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
-from netplay.storage import Login, LoginResult, RecordGame, SqliteStorage
+
+from netplay.accounts import admin, storage
+from netplay.accounts.ratings import Standing
+from netplay.accounts.replays import Decision, FinishedMatch, MatchPlayer, Publicity
+from netplay.accounts.storage import Login, LoginResult, RecordGame, SqliteStorage
 
 
 @pytest.fixture(autouse=True)

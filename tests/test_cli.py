@@ -10,7 +10,7 @@ import pytest
 from netplay import __version__
 from netplay.cli import build_parser, config_from_args, main, raise_open_file_limit
 from netplay.config import DEFAULT_PORT, Config
-from netplay.dialect import CLIENT_VERSIONS, DOCUMENT_VERSIONS
+from netplay.dialects.classic import CLIENT_VERSIONS, DOCUMENT_VERSIONS
 
 # Parser destinations that are not server settings.
 NOT_IN_CONFIG = {"help", "version", "config", "log_format", "log_level", "record"}

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netplay import dialect as d
-from netplay import messages as m
-from netplay.dialect import Dialect, parse_command
+from netplay.dialects import classic as d
+from netplay.dialects.classic import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
+from netplay.framing import messages as m
 
 CLIENTS = Dialect.CLIENTS
 DOCUMENT = Dialect.DOCUMENT

@@ -6,10 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netplay import dialect046 as d
-from netplay import messages as m
+from netplay.dialects import v046 as d
 from netplay.errors import RemoteProtocolError
-from netplay.inputs import INPUT_ALPHABET, compress, encode_for_catch_up, uncompress
+from netplay.framing import messages as m
+from netplay.framing.inputs import (
+    INPUT_ALPHABET,
+    compress,
+    encode_for_catch_up,
+    uncompress,
+)
 
 OBSERVED_NAME_MESSAGE = {
     "save_replays_publicly": "with my name", "character": "__RandomCharacter",

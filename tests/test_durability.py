@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from netplay.ratings import RatingBook, Standing
+from netplay.accounts.ratings import RatingBook, Standing
 
 DRIVER = Path(__file__).resolve().parent / "record_games_driver.py"
 GAMES = 5000

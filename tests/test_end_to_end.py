@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import trio
 
-from netplay import messages as m
 from netplay.config import Config
-from netplay.panels import (
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
+from netplay.lobbies.panels import (
     garbage_rule_violations,
     play_rule_violations,
     starting_board_violations,
 )
 from netplay.server import Server
 from netplay.testing import ScriptedClient, pair_up, start_match
-from netplay.wire import encode_json
 
 TIMEOUT = 3.0
 # How soon an opponent must learn that a player left: well under the one

@@ -26,21 +26,26 @@ import attrs
 import hypothesis.strategies as st
 import trio
 import trio.testing
+from helpers import assert_rooms_and_requests_consistent
 from hypothesis import HealthCheck, given, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
-from netplay import messages as m
 from netplay.actions import Close, Send
 from netplay.config import Config
 from netplay.core import Phase, ServerCore
-from netplay.dialect import Dialect
+from netplay.dialects.classic import Dialect
 from netplay.errors import RemoteProtocolError
-from netplay.lobby import PlayerState, RoomState
+from netplay.framing import messages as m
+from netplay.framing.length3 import Decoder, Direction
+from netplay.lobbies.classic import PlayerState, RoomState
 from netplay.server import Server
 from netplay.testing import ConnectionClosed, ScriptedClient, running_server
-from netplay.wire import Decoder, Direction
-
-from helpers import assert_rooms_and_requests_consistent
 
 IN_ROOM = {PlayerState.ROOM, PlayerState.PLAYING, PlayerState.GAME_OVER}
 IN_MATCH = {PlayerState.PLAYING, PlayerState.GAME_OVER}

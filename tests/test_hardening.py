@@ -28,12 +28,13 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from netplay import messages as m
 from netplay.actions import Close
 from netplay.config import Config
 from netplay.core import ServerCore
-from netplay.lobby import PlayerState
-from netplay.panels import (
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
+from netplay.lobbies.classic import PlayerState
+from netplay.lobbies.panels import (
     MatchPanels,
     garbage_rule_violations,
     play_rule_violations,
@@ -41,7 +42,6 @@ from netplay.panels import (
 )
 from netplay.server import Server
 from netplay.testing import ConnectionClosed, ScriptedClient, running_server
-from netplay.wire import encode_json
 
 SYMBOLS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz1234567890+/"
 FRAME = 1 / 60

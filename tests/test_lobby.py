@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import structlog.testing
+from helpers import assert_rooms_and_requests_consistent
 
-from netplay import messages as m
 from netplay.actions import Send
-from netplay.dialect import Dialect, parse_command
+from netplay.dialects.classic import Dialect, parse_command
 from netplay.errors import LocalProtocolError, RemoteProtocolError
-from netplay.lobby import (
+from netplay.framing import messages as m
+from netplay.framing.length3 import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
+from netplay.lobbies.classic import (
     HIGH_LEVEL,
     Lobby,
     Player,
@@ -17,15 +19,12 @@ from netplay.lobby import (
     RoomState,
     shares_starting_board,
 )
-from netplay.panels import (
+from netplay.lobbies.panels import (
     STARTING_BOARD_ROWS,
     garbage_rule_violations,
     play_rule_violations,
     starting_board_violations,
 )
-from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
-
-from helpers import assert_rooms_and_requests_consistent
 
 CLIENTS = Dialect.CLIENTS
 DOCUMENT = Dialect.DOCUMENT

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from netplay import messages as m
-from netplay import ratings, storage
+from netplay.accounts import ratings, storage
 from netplay.actions import Send, Store
 from netplay.errors import LocalProtocolError, RemoteProtocolError
-from netplay.lobby046 import (
+from netplay.framing import messages as m
+from netplay.lobbies.v046 import (
     ACCEPTED,
     PLAYER_TRANSITIONS,
     Lobby046,

@@ -9,9 +9,10 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from netplay import messages as m
-from netplay import metrics, status
 from netplay.config import Config
+from netplay.framing import messages as m
+from netplay.framing.length3 import Decoder, Direction
+from netplay.operations import metrics, status
 from netplay.stats import RELAY_SAMPLE_EVERY, Counters, Histogram
 from netplay.testing import (
     Client046,
@@ -24,7 +25,6 @@ from netplay.testing import (
     start_match,
     start_match046,
 )
-from netplay.wire import Decoder, Direction
 
 
 class TallyingStream(trio.abc.HalfCloseableStream):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netplay.names import DEFAULT_MAX_NAME_LENGTH, name_problem
+from netplay.dialects.names import DEFAULT_MAX_NAME_LENGTH, name_problem
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netplay.panels import (
+from netplay.lobbies.panels import (
     PANELS_PER_REPLY,
     ROW_WIDTH,
     ROWS_PER_REPLY,

@@ -6,9 +6,15 @@ from decimal import Decimal, getcontext
 import attrs
 import pytest
 
-from netplay import ratings
-from netplay.ratings import (
-    Approval, LeaderboardEntry, PlacementMatch, PlacementRule, RankedProfile, RatingBook, Standing,
+from netplay.accounts import ratings
+from netplay.accounts.ratings import (
+    Approval,
+    LeaderboardEntry,
+    PlacementMatch,
+    PlacementRule,
+    RankedProfile,
+    RatingBook,
+    Standing,
 )
 
 getcontext().prec = 40

@@ -7,10 +7,12 @@ import signal
 
 import pytest
 import trio
+from helpers import LoggingProcess, server_command, start_match_in_turn
 
-from netplay import recording
 from netplay.config import Config
-from netplay.recording import (
+from netplay.framing.length3 import encode_json
+from netplay.recording import record as recording
+from netplay.recording.record import (
     MAGIC,
     Event,
     SessionFormatError,
@@ -22,11 +24,9 @@ from netplay.recording import (
     read_session,
     replay_settings,
 )
-from netplay.replay import replay_in_process
+from netplay.recording.replay import replay_in_process
 from netplay.testing import ScriptedClient, connect_in_process, pair_up, running_server
-from netplay.wire import encode_json
 
-from helpers import LoggingProcess, server_command, start_match_in_turn
 
 def sample_writer() -> SessionWriter:
     writer = SessionWriter({"seed": 3, "note": "ünïcode"}, start=100.0)

@@ -10,20 +10,27 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from helpers import (
+    LoggingProcess,
+    load_tool,
+    server_command,
+    start_match_in_turn,
+    tool_command,
+)
 
-from netplay import messages as m
-from netplay.recording import (
+from netplay.framing import messages as m
+from netplay.recording.record import (
     Event,
     Session,
     SessionWriter,
     config_for_replay,
-    parse_session,
     format_session,
     open_session_file,
+    parse_session,
     read_session,
     write_session,
 )
-from netplay.replay import (
+from netplay.recording.replay import (
     ReplayError,
     describe_message,
     is_lobby_list,
@@ -35,10 +42,6 @@ from netplay.replay import (
 )
 from netplay.server import Server
 from netplay.testing import ScriptedClient, connect_in_process, running_server
-
-from helpers import (
-    LoggingProcess, load_tool, server_command, start_match_in_turn, tool_command,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = sorted((ROOT / "tests" / "sessions").glob("*.session"))

@@ -4,13 +4,21 @@ import os
 
 import attrs
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from netplay.inputs import INPUT_ALPHABET, uncompress
-from netplay.replays import (
-    Decision, FinishedMatch, MatchPlayer, Publicity, ReplayFile, SkipReason, Skipped, build_replay,
+from netplay.accounts.replays import (
+    Decision,
+    FinishedMatch,
+    MatchPlayer,
+    Publicity,
+    ReplayFile,
+    Skipped,
+    SkipReason,
+    build_replay,
     write_replay,
 )
+from netplay.framing.inputs import INPUT_ALPHABET, uncompress
 
 ENDED = calendar.timegm((2024, 3, 9, 21, 5, 7))
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
-import pytest
 
-from netplay import messages as m
 from netplay.config import Config
-from netplay.wire import encode_json
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
 from netplay.testing import (
     ConnectionClosed,
     ScriptedClient,

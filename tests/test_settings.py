@@ -7,10 +7,11 @@ import re
 
 import attrs
 import pytest
+from helpers import ROOT
 
 from netplay.cli import build_parser, config_from_args, main, parse_arguments
 from netplay.config import Config
-from netplay.settings import (
+from netplay.operations.settings import (
     NOT_OPTIONS,
     SETTINGS,
     ProcessSettings,
@@ -19,8 +20,6 @@ from netplay.settings import (
     show_versions,
     version_list,
 )
-
-from helpers import ROOT
 
 EXAMPLE = ROOT / "netplay.example.toml"
 

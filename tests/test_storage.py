@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from netplay import storage
-from netplay.storage import Login, LoginResult, SqliteStorage, StorageError
+from netplay.accounts import storage
+from netplay.accounts.storage import Login, LoginResult, SqliteStorage, StorageError
 
 
 @pytest.fixture

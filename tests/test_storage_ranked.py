@@ -6,12 +6,24 @@ import sqlite3
 import attrs
 import pytest
 
-from netplay import ratings, storage
-from netplay.ratings import RatingBook, Standing
-from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
-from netplay.storage import (
-    AdminOutcome, AdminResult, Ban, FindPlayers, Leaderboard, Login, LoginResult, PlayerGames,
-    RankedProfiles, RecordGame, RecordResult, Rename, SqliteStorage, Unban,
+from netplay.accounts import ratings, storage
+from netplay.accounts.ratings import RatingBook, Standing
+from netplay.accounts.replays import Decision, FinishedMatch, MatchPlayer, Publicity
+from netplay.accounts.storage import (
+    AdminOutcome,
+    AdminResult,
+    Ban,
+    FindPlayers,
+    Leaderboard,
+    Login,
+    LoginResult,
+    PlayerGames,
+    RankedProfiles,
+    RecordGame,
+    RecordResult,
+    Rename,
+    SqliteStorage,
+    Unban,
 )
 
 

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import pytest
 import trio
-
-from netplay import messages as m
-from netplay.testing import ConnectionClosed, ScriptedClient, pair_up, start_match
-from netplay.wire import encode_json
-
 from helpers import STOP_TIMEOUT, LoggingProcess
+
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
+from netplay.testing import ConnectionClosed, ScriptedClient, pair_up, start_match
+
 
 @pytest.fixture
 def start_server(start_server) -> Callable[..., LoggingProcess]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from netplay import messages as m
-from netplay import storage
+from netplay.accounts import storage
 from netplay.config import Config
+from netplay.framing import messages as m
 from netplay.testing import (
     Client046,
     connect046,

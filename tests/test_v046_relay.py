@@ -6,12 +6,12 @@ inputs take the fast path exactly as the full path would have handled them.
 
 from __future__ import annotations
 
-from netplay import messages as m
 from netplay.actions import Send
 from netplay.config import Config
 from netplay.core import RELAY_DROPPED, ServerCore
-from netplay.lobby046 import InputRoute
-from netplay.wire import Decoder, encode_json
+from netplay.framing import messages as m
+from netplay.framing.length3 import Decoder, encode_json
+from netplay.lobbies.v046 import InputRoute
 
 NOW = 100.0
 READY = encode_json({"menu_state": {"cursor": "__Ready", "level": 5, "ready": True,

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from netplay import web
+from netplay.operations import web
 from netplay.testing import connect_in_process, pair_up, running_server, start_match
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netplay import messages as m
 from netplay.errors import LocalProtocolError, RemoteProtocolError
-from netplay.wire import (
+from netplay.framing import messages as m
+from netplay.framing.length3 import (
     CLIENT_TO_SERVER_LENGTHS,
     DEFAULT_MAX_JSON_LENGTH,
     MAX_JSON_LENGTH_ON_WIRE,

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import psutil
 
-from netplay.wire import encode_json
+from netplay.framing.length3 import encode_json
 
 # Whole message lengths, server to client; 0: not a letter of that direction.
 SERVER_LENGTHS = [0] * 256

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from netplay.accounts.storage import Leaderboard, SqliteStorage  # noqa: E402
 from netplay.logs import configure_logging  # noqa: E402
-from netplay.storage import Leaderboard, SqliteStorage  # noqa: E402
 
 
 def fill(path: str, players: int, seed: int) -> list[str]:

@@ -41,7 +41,7 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.connhold
     from tools import _clients  # type: ignore[no-redef]
 
-from netplay.wire import encode_json
+from netplay.framing.length3 import encode_json
 
 # Plain globals: the per-message code looks these up on every read.
 CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE

@@ -41,8 +41,8 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.loginstorm
     from tools import _clients  # type: ignore[no-redef]
 
+from netplay.framing.length3 import encode_json
 from netplay.testing import hello046
-from netplay.wire import encode_json
 
 CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
 LOBBY_PREFIX, SERVER_LENGTHS = _clients.LOBBY_PREFIX, _clients.SERVER_LENGTHS

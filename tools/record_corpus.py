@@ -33,9 +33,11 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from netplay import messages as m
+from netplay.accounts.storage import MEMORY, SqliteStorage
 from netplay.config import Config
-from netplay.recording import (
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
+from netplay.recording.record import (
     Event,
     Session,
     SessionWriter,
@@ -43,11 +45,9 @@ from netplay.recording import (
     parse_session,
     replay_settings,
 )
-from netplay.replay import replay_in_process_sync
+from netplay.recording.replay import replay_in_process_sync
 from netplay.server import Server
-from netplay.storage import MEMORY, SqliteStorage
 from netplay.testing import Client046, ScriptedClient, hello046
-from netplay.wire import encode_json
 
 SEED = 20240611
 STEP = 0.05

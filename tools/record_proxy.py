@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from netplay.logs import LEVELS, configure_logging, wait_for_stop_signal
-from netplay.recording import FileRecorder, RecordingError, open_session_file
+from netplay.recording.record import FileRecorder, RecordingError, open_session_file
 
 log = structlog.get_logger("record_proxy")
 

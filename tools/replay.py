@@ -30,8 +30,8 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.replay
     from tools.record_proxy import host_port  # type: ignore[no-redef]
 
-from netplay.recording import SessionFormatError, read_session
-from netplay.replay import ReplayError, replay_in_process_sync, replay_live
+from netplay.recording.record import SessionFormatError, read_session
+from netplay.recording.replay import ReplayError, replay_in_process_sync, replay_live
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,9 +71,14 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.soak
     from tools import _clients  # type: ignore[no-redef]
 
-from netplay import messages as m
 from netplay.errors import RemoteProtocolError
-from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction, encode_json
+from netplay.framing import messages as m
+from netplay.framing.length3 import (
+    MAX_JSON_LENGTH_ON_WIRE,
+    Decoder,
+    Direction,
+    encode_json,
+)
 
 FRAME = 1 / 60
 ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz1234567890+/"

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Sequence, TextIO
 
-from netplay import ratings, storage
-from netplay.dialect046 import name_refusal
+from netplay.accounts import ratings, storage
+from netplay.dialects.v046 import name_refusal
 from netplay.logs import configure_logging
 
 PROGRAM = "netplay-admin"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import attrs
 
-from netplay.inputs import encode_for_catch_up
+from netplay.framing.inputs import encode_for_catch_up
 
 ENGINE_VERSION = "046"
 ANONYMOUS = "anonymous"

@@ -17,7 +17,7 @@ forward at start-up, one transaction per migration step.
 Ranked play (schema 2) keeps each player's standing in ``ratings``, one row
 per finished game in ``games`` and each rating change in ``rating_history``.
 :class:`RecordGame` stores a game and applies its rating change in the same
-transaction, once per game key, using the rules of :mod:`netplay.ratings`.
+transaction, once per game key, using the rules of :mod:`netplay.accounts.ratings`.
 Bans are kept per user id in ``bans`` and checked by :class:`Login`.
 """
 
@@ -33,9 +33,9 @@ from typing import Callable, Protocol, Sequence
 import attrs
 import structlog
 
-from netplay import ratings
-from netplay.ratings import LeaderboardEntry, PlacementMatch, Standing
-from netplay.replays import Decision, FinishedMatch
+from netplay.accounts import ratings
+from netplay.accounts.ratings import LeaderboardEntry, PlacementMatch, Standing
+from netplay.accounts.replays import Decision, FinishedMatch
 
 log = structlog.get_logger("netplay.storage")
 

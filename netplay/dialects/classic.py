@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 from typing import Any, Iterable
 
-from netplay import messages as m
 from netplay.errors import RemoteProtocolError
+from netplay.framing import messages as m
 
 CLIENT_VERSIONS = frozenset(f"{v:03d}" for v in range(4, 20))
 DOCUMENT_VERSIONS = frozenset({"139"})

@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from netplay import messages as m
-from netplay.dialect import MAX_TEXT_FIELD_LENGTH
+from netplay.dialects.classic import MAX_TEXT_FIELD_LENGTH
 from netplay.errors import RemoteProtocolError
-from netplay.wire import encode_json
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
 
 NEW_USER_ID_REQUEST = "need a new user id"
 MIN_LEVEL = 1

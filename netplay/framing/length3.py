@@ -17,8 +17,8 @@ import json
 import math
 from typing import Any
 
-from netplay import messages as m
 from netplay.errors import LocalProtocolError, RemoteProtocolError
+from netplay.framing import messages as m
 
 JSON_HEADER_LENGTH = 4  # "J" + 3 length bytes
 MAX_JSON_LENGTH_ON_WIRE = (1 << 24) - 1  # what 3 length bytes can say

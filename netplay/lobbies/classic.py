@@ -37,15 +37,15 @@ from typing import Any, Callable
 import attrs
 import structlog
 
-from netplay import dialect as d
-from netplay import messages as m
 from netplay.actions import Send
-from netplay.dialect import Dialect
+from netplay.dialects import classic as d
+from netplay.dialects.classic import Dialect
+from netplay.dialects.names import DEFAULT_MAX_NAME_LENGTH, name_problem
 from netplay.errors import LocalProtocolError, RemoteProtocolError
-from netplay.names import DEFAULT_MAX_NAME_LENGTH, name_problem
-from netplay.panels import MatchPanels
+from netplay.framing import messages as m
+from netplay.framing.length3 import encode_json
+from netplay.lobbies.panels import MatchPanels
 from netplay.stats import MatchResult
-from netplay.wire import encode_json
 
 log = structlog.get_logger("netplay.lobby")
 

@@ -17,8 +17,14 @@ from typing import Sequence
 import attrs
 import structlog
 
-from netplay import storage
-from netplay.replays import FinishedMatch, Skipped, build_replay, sync_replays, write_replay
+from netplay.accounts import storage
+from netplay.accounts.replays import (
+    FinishedMatch,
+    Skipped,
+    build_replay,
+    sync_replays,
+    write_replay,
+)
 
 log = structlog.get_logger("netplay.results")
 

@@ -39,16 +39,16 @@ from typing import Any, Callable
 import attrs
 import structlog
 
-from netplay import dialect046 as d
-from netplay import messages as m
-from netplay import ratings, storage
+from netplay.accounts import ratings, storage
+from netplay.accounts.replays import Decision, FinishedMatch, MatchPlayer, Publicity
 from netplay.actions import Action, Send, Store
+from netplay.dialects import v046 as d
 from netplay.errors import LocalProtocolError, RemoteProtocolError
-from netplay.inputs import INPUT_BYTES, encode_for_catch_up
-from netplay.replays import Decision, FinishedMatch, MatchPlayer, Publicity
-from netplay.results import FinishGame
+from netplay.framing import messages as m
+from netplay.framing.inputs import INPUT_BYTES, encode_for_catch_up
+from netplay.framing.length3 import encode_json
+from netplay.lobbies.results import FinishGame
 from netplay.stats import MatchResult
-from netplay.wire import encode_json
 
 log = structlog.get_logger("netplay.lobby046")
 

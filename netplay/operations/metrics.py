@@ -27,9 +27,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from netplay import __version__, lobby, lobby046, storage
+from netplay import __version__
+from netplay.accounts import storage
 from netplay.core import Phase
-from netplay.dialect import Dialect
+from netplay.dialects.classic import Dialect
+from netplay.lobbies import classic as lobby
+from netplay.lobbies import v046 as lobby046
 from netplay.stats import Counters, Histogram
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from netplay.config import Config
+from netplay.framing.length3 import MAX_JSON_LENGTH_ON_WIRE
 from netplay.logs import LEVELS
-from netplay.wire import MAX_JSON_LENGTH_ON_WIRE
 
 LOG_FORMATS = ("console", "json")
 

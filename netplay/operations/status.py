@@ -14,10 +14,12 @@ import datetime
 from importlib import resources
 from typing import Any
 
-from netplay import __version__, lobby, lobby046
+from netplay import __version__
 from netplay.config import Config
 from netplay.core import ServerCore
-from netplay.dialect import Dialect
+from netplay.dialects.classic import Dialect
+from netplay.lobbies import classic as lobby
+from netplay.lobbies import v046 as lobby046
 
 # At most this many names of lobby players, and rooms, are listed.
 MAX_LOBBY_NAMES = 200
@@ -166,4 +168,4 @@ def status_document(
 
 def page() -> bytes:
     """The status page: one HTML file, its CSS and script inline, that polls ``status.json``."""
-    return resources.files("netplay").joinpath("static/status.html").read_bytes()
+    return resources.files("netplay.operations").joinpath("static/status.html").read_bytes()

@@ -30,8 +30,8 @@ import h11
 import structlog
 import trio
 
-from netplay import metrics, status
 from netplay.config import Config
+from netplay.operations import metrics, status
 from netplay.server import Server
 
 log = structlog.get_logger("netplay.web")

@@ -43,13 +43,13 @@ import attrs
 import trio
 import trio.testing
 
-from netplay import messages as m
-from netplay import storage
-from netplay.dialect046 import NEW_USER_ID_REQUEST
+from netplay.accounts import storage
+from netplay.dialects.v046 import NEW_USER_ID_REQUEST
 from netplay.errors import RemoteProtocolError
-from netplay.recording import SHUTDOWN_REASONS, Event, Session, config_for_replay
+from netplay.framing import messages as m
+from netplay.framing.length3 import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
+from netplay.recording.record import SHUTDOWN_REASONS, Event, Session, config_for_replay
 from netplay.server import Server
-from netplay.wire import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
 
 # In process: how long (virtual seconds) a client event may wait for server
 # messages recorded before it.  Recorded times are rounded to the
