@@ -81,6 +81,9 @@ class FinishedMatch:
     # The room's win counts when the game started, as the client writes them:
     # playback adds the game's own result.
     win_counts: tuple[int, int] | None = None
+    # The whole file's content when the family writes its own replay format
+    # (the 2025 clients' version 2 replays); None: the 2022 format below.
+    replay: dict | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
