@@ -158,7 +158,7 @@ def test_games_of_a_player(capsys, database):
 def test_check_reports_version_integrity_and_counts(capsys, database):
     status, out, _ = run_admin(capsys, "--database", database[0], "check")
     assert status == 0
-    assert out.splitlines()[:3] == ["schema version: 2 (current)", "integrity: ok", "players: 3 rows"]
+    assert out.splitlines()[:3] == ["schema version: 3 (current)", "integrity: ok", "players: 3 rows"]
 
 
 def test_check_of_an_old_database_does_not_migrate_it(capsys, tmp_path):
@@ -167,7 +167,7 @@ def test_check_of_an_old_database_does_not_migrate_it(capsys, tmp_path):
         db.executescript(storage.MIGRATIONS[0])
         db.execute("PRAGMA user_version = 1")
     status, out, _ = run_admin(capsys, "--database", str(path), "check")
-    assert status == 0 and "schema version: 1 (older than 2" in out
+    assert status == 0 and "schema version: 1 (older than 3" in out
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
 

@@ -30,9 +30,10 @@ def test_new_ids_are_distinct_decimal_strings_below_2_to_53(database):
 
 
 def test_every_login_outcome(database):
-    user_id = login(database, None, "alice").user_id
+    first = login(database, None, "alice")
+    user_id = first.user_id
     assert login(database, user_id, "alice") == storage.LoginOutcome(
-        LoginResult.WELCOME_BACK, user_id=user_id
+        LoginResult.WELCOME_BACK, user_id=user_id, public_id=first.public_id
     )
     assert login(database, None, "ALICE").result is LoginResult.NAME_TAKEN
     assert login(database, "999", "bob").result is LoginResult.UNKNOWN_ID
@@ -42,6 +43,30 @@ def test_every_login_outcome(database):
     assert login(database, None, "alice").result is LoginResult.NEW_ID
     other = login(database, None, "carol").user_id
     assert login(database, other, "Alicia").result is LoginResult.NAME_TAKEN
+
+
+def test_public_ids_are_small_distinct_and_stable(tmp_path):
+    path = str(tmp_path / "players.sqlite3")
+    database = SqliteStorage(path)
+    outcomes = [login(database, None, f"p{n}") for n in range(5)]
+    assert [o.public_id for o in outcomes] == [1, 2, 3, 4, 5]
+    database.close()
+    again = SqliteStorage(path)
+    assert login(again, outcomes[2].user_id, "p2").public_id == 3
+    assert login(again, outcomes[2].user_id, "renamed").public_id == 3
+
+
+def test_migration_gives_existing_players_public_ids(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    database = SqliteStorage(path)
+    user_id = login(database, None, "alice").user_id
+    database.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE public_ids")
+        raw.execute("PRAGMA user_version = 2")
+    migrated = SqliteStorage(path)
+    assert migrated.schema_version == storage.SCHEMA_VERSION
+    assert login(migrated, user_id, "alice").public_id == 1
 
 
 def test_id_collision_draws_another(tmp_path):

@@ -78,7 +78,7 @@ def test_an_empty_file_is_migrated_to_the_current_schema(tmp_path):
     path = tmp_path / "empty.sqlite3"
     path.write_bytes(b"")
     database = SqliteStorage(str(path))
-    assert database.schema_version == storage.SCHEMA_VERSION == 2
+    assert database.schema_version == storage.SCHEMA_VERSION == 3
     database.close()
     assert {"players", "ratings", "games", "rating_history", "bans"} <= tables(path)
 
@@ -90,9 +90,10 @@ def test_a_version_1_database_keeps_its_players(tmp_path):
         db.execute("INSERT INTO players VALUES ('1000000000000001', 'Alice', 'alice', 1.0, 2.0)")
         db.execute("PRAGMA user_version = 1")
     database = SqliteStorage(path)
-    assert database.schema_version == 2
+    assert database.schema_version == storage.SCHEMA_VERSION
     outcome = run(database, Login("1000000000000001", "Alice", at=3.0))
     assert outcome.result is LoginResult.WELCOME_BACK
+    assert outcome.public_id == 1
     (alice,) = run(database, FindPlayers("alice")).players
     assert (alice.name, alice.created_at, alice.standing) == ("Alice", 1.0, Standing())
     database.close()
@@ -297,7 +298,7 @@ def test_a_step_another_process_took_while_this_one_waited_is_not_taken_again(
     with sqlite3.connect(path) as db:
         db.executescript(storage.MIGRATIONS[0])
         db.execute("PRAGMA user_version = 1")
-    SqliteStorage(path).close()  # the other process: migrates to 2
+    SqliteStorage(path).close()  # the other process: migrates to the latest
     real = SqliteStorage.schema_version.fget
     reads = []
 
@@ -307,7 +308,7 @@ def test_a_step_another_process_took_while_this_one_waited_is_not_taken_again(
 
     monkeypatch.setattr(SqliteStorage, "schema_version", property(first_read_is_stale))
     late = SqliteStorage(path)  # would fail on "table ratings already exists"
-    assert real(late) == 2
+    assert real(late) == storage.SCHEMA_VERSION
     late.close()
 
 

@@ -97,6 +97,8 @@ class LoginOutcome:
     old_name: str | None = None
     reason: str | None = None
     expires_at: float | None = None  # when BANNED: wall-clock end of the ban, None for never
+    # The player's public id, once logged in: unique, stable, not a secret.
+    public_id: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -429,6 +431,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX bans_player ON bans (user_id);
     """,
+    # 3: public ids, the small numbers the 2025 clients show and put in replays.
+    """
+    CREATE TABLE public_ids (
+        public_id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL UNIQUE REFERENCES players (user_id)
+    );
+    INSERT INTO public_ids (user_id) SELECT user_id FROM players ORDER BY created_at, user_id;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -586,7 +596,9 @@ class SqliteStorage:
                     )
                 except sqlite3.IntegrityError:
                     continue  # the random id is taken; draw another
-                return LoginOutcome(LoginResult.NEW_ID, user_id=user_id)
+                return LoginOutcome(
+                    LoginResult.NEW_ID, user_id=user_id, public_id=self._public_id(user_id)
+                )
         row = db.execute(
             "SELECT name FROM players WHERE user_id = ?", (login.user_id,)
         ).fetchone()
@@ -604,9 +616,24 @@ class SqliteStorage:
             "UPDATE players SET name = ?, name_key = ?, last_login_at = ? WHERE user_id = ?",
             (login.name, key, at, login.user_id),
         )
+        public_id = self._public_id(login.user_id)
         if stored_name != login.name:
-            return LoginOutcome(LoginResult.RENAMED, user_id=login.user_id, old_name=stored_name)
-        return LoginOutcome(LoginResult.WELCOME_BACK, user_id=login.user_id)
+            return LoginOutcome(
+                LoginResult.RENAMED, user_id=login.user_id, old_name=stored_name,
+                public_id=public_id,
+            )
+        return LoginOutcome(LoginResult.WELCOME_BACK, user_id=login.user_id, public_id=public_id)
+
+    def _public_id(self, user_id: str) -> int:
+        """The player's public id, given on first use (players imported later have none yet)."""
+        row = self._db.execute(
+            "SELECT public_id FROM public_ids WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        if row is not None:
+            return row[0]
+        cursor = self._db.execute("INSERT INTO public_ids (user_id) VALUES (?)", (user_id,))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     def _import(self, player: ImportPlayer) -> ImportOutcome:
         at = player.at if player.at is not None else time.time()
