@@ -6,7 +6,13 @@ import ipaddress
 
 import attrs
 
-from netplay.dialects.classic import CLIENT_VERSIONS, DOCUMENT_VERSIONS, V046_VERSIONS
+from netplay.dialects.classic import (
+    CLIENT_VERSIONS,
+    DOCUMENT_VERSIONS,
+    V046_VERSIONS,
+    V2025_ENGINE_GROUPS,
+    V2025_VERSIONS,
+)
 from netplay.dialects.names import DEFAULT_MAX_NAME_LENGTH
 from netplay.framing.length3 import DEFAULT_MAX_JSON_LENGTH
 
@@ -26,6 +32,12 @@ class Config:
     client_versions: frozenset[str] = CLIENT_VERSIONS
     document_versions: frozenset[str] = DOCUMENT_VERSIONS
     v046_versions: frozenset[str] = V046_VERSIONS
+    # The 2023-2025 clients' network versions; 004 and 005 are also 2013-era
+    # versions, told apart by their first frame (see ``core``).
+    v2025_versions: frozenset[str] = V2025_VERSIONS
+    # Engine versions of those clients that may log in, by groups that share a
+    # lobby: "048", "047+048,049" (see ``lobbies.v2025``).
+    v2025_engine_groups: str = V2025_ENGINE_GROUPS
 
     # Where players, their ids and (later) results are stored; ":memory:"
     # keeps everything in memory for the life of the process.

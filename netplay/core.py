@@ -30,12 +30,16 @@ from netplay.accounts.ratings import PlacementRule
 from netplay.actions import Action, Close, Send
 from netplay.config import Config
 from netplay.dialects import v046 as dialect046
+from netplay.dialects import v2025 as dialect2025
 from netplay.dialects.classic import Dialect, parse_command
 from netplay.errors import RemoteProtocolError
+from netplay.framing import endmarker
 from netplay.framing import messages as m
 from netplay.framing.length3 import Decoder
 from netplay.lobbies.classic import Lobby, PlayerState
+from netplay.lobbies.results import FinishGame
 from netplay.lobbies.v046 import InputRoute, Lobby046
+from netplay.lobbies.v2025 import Lobby2025, parse_engine_groups
 from netplay.stats import Counters
 
 log = structlog.get_logger("netplay.core")
@@ -50,6 +54,8 @@ RELAY_DROPPED = 0
 
 _SIGNS_OF_LIFE = frozenset({m.Pong, m.Heartbeat, m.ClientPing})
 
+PINGS = {Dialect.DOCUMENT: DOCUMENT_PING, Dialect.V2025: endmarker.PING}
+
 # The 2022 client counts pings and logs in only before its third: never
 # more than one a second, whatever the ping interval.
 V046_MIN_PING_INTERVAL = 1.0
@@ -61,6 +67,8 @@ REFUSAL_LOG_WINDOW = 10.0
 
 class Phase(enum.Enum):
     AWAITING_HELLO = "awaiting_hello"
+    # ``H004``/``H005`` of either family, accepted: the first frame tells which.
+    AWAITING_DIALECT = "awaiting_dialect"
     OPEN = "open"  # version accepted; the lobby knows the player
     CLOSING = "closing"  # refused or broken; waiting for the edge to close
 
@@ -69,7 +77,7 @@ class Phase(enum.Enum):
 class Connection:
     id: int
     host: str
-    decoder: Decoder
+    decoder: Decoder | endmarker.Decoder
     opened_at: float
     last_received: float
     phase: Phase = Phase.AWAITING_HELLO
@@ -83,6 +91,9 @@ class Connection:
     # Rate limit of the refusal log lines.
     refusals_window_start: float = -math.inf
     refusals_in_window: int = 0
+    # The version of an ambiguous hello, and the first bytes after it.
+    hello_version: str = ""
+    after_hello: bytes = b""
 
 
 class ServerCore:
@@ -99,6 +110,16 @@ class ServerCore:
         self.lobby = Lobby(seed=seed, max_name_length=config.max_name_length, results=results)
         self.lobby046 = Lobby046(
             seed=seed,
+            max_spectators_per_room=config.max_spectators_per_room,
+            game_over_timeout=config.game_over_timeout,
+            placement_rule=PlacementRule(config.placement_rule),
+            leaderboard_limit=config.leaderboard_limit,
+            run_id=run_id,
+            results=results,
+        )
+        self.lobby2025 = Lobby2025(
+            seed=seed,
+            engine_groups=parse_engine_groups(config.v2025_engine_groups),
             max_spectators_per_room=config.max_spectators_per_room,
             game_over_timeout=config.game_over_timeout,
             placement_rule=PlacementRule(config.placement_rule),
@@ -161,6 +182,8 @@ class ServerCore:
     def _leave_lobby(self, connection: Connection) -> list[Action]:
         if connection.dialect is Dialect.V046:
             return self.lobby046.disconnect(connection.id)
+        if connection.dialect is Dialect.V2025:
+            return self.lobby2025.disconnect(connection.id)
         return self.lobby.disconnect(connection.id)  # type: ignore[return-value]
 
     def request_close(self, connection_id: int, reason: str) -> list[Action]:
@@ -190,6 +213,8 @@ class ServerCore:
         connection = self.connections.get(connection_id)
         if connection is None or connection.decoder.buffered:
             return None
+        if connection.dialect is Dialect.V2025 or connection.phase is not Phase.OPEN:
+            return None
         if connection.dialect is Dialect.V046:
             route = self.lobby046.input_route(connection_id, data[1])
             if route is None or connection.phase is not Phase.OPEN:
@@ -215,6 +240,8 @@ class ServerCore:
         if connection is None or connection.phase is Phase.CLOSING:
             return []
         connection.last_received = now
+        if connection.phase is Phase.AWAITING_DIALECT:
+            return self._choose_dialect(connection, data, now)
         decoder = connection.decoder
         decoder.receive_data(data)
         traffic = self._traffic
@@ -245,6 +272,13 @@ class ServerCore:
             self._dispatch(connection, frame, actions, now)
             if connection.phase is Phase.CLOSING:
                 return actions
+            if connection.phase is Phase.AWAITING_DIALECT or decoder is not connection.decoder:
+                # The hello chose a decoder (or left the choice to the next
+                # frame): what followed it in this read goes there.
+                rest = decoder.take_buffered()
+                if rest:
+                    actions.extend(self.receive(connection.id, rest, now))
+                return actions
 
     def _dispatch(self, connection: Connection, frame: Any, actions: list[Action], now: float) -> None:
         if connection.phase is Phase.AWAITING_HELLO:
@@ -267,6 +301,9 @@ class ServerCore:
             return
         if connection.dialect is Dialect.V046:
             self._dispatch046(connection, frame, actions, now)
+            return
+        if connection.dialect is Dialect.V2025:
+            self._dispatch2025(connection, frame, actions, now)
             return
         try:
             if kind is m.Json:
@@ -298,9 +335,81 @@ class ServerCore:
         except RemoteProtocolError as error:
             self._log_refusal(connection, error, now)
 
+    def _dispatch2025(
+        self, connection: Connection, frame: Any, actions: list[Action], now: float
+    ) -> None:
+        lobby = self.lobby2025
+        kind = type(frame)
+        try:
+            if kind is endmarker.MarkedInput:
+                actions.extend(lobby.handle_input(connection.id, frame))
+                return
+            if kind is not m.Json:
+                raise RemoteProtocolError(
+                    "message_not_in_dialect", fatal=False, message=kind.__name__
+                )
+            command = dialect2025.parse_command(frame.payload)
+            if type(command) is m.Logout:
+                log.info("logout")
+                self._closing(connection, actions, "logout")
+                return
+            if type(command) is m.ErrorReport:
+                # The client crashed: it sends its error and gives up the connection.
+                log.warning("client_error_report", size=command.size)
+                self._closing(connection, actions, "client_error_report")
+                return
+            actions.extend(lobby.handle(connection.id, command, now))
+        except RemoteProtocolError as error:
+            self._log_refusal(connection, error, now)
+
+    def _choose_dialect(self, connection: Connection, data: bytes, now: float) -> list[Action]:
+        """After an ``H004``/``H005`` both families send: their first frame tells them apart.
+
+        The 2013 clients' frames are ``J`` + a 3-byte length whose first byte
+        is 0 at every length we accept; the 2025 clients' are ``J`` + JSON,
+        which starts with ``{``.  Both were answered ``H`` already.  A first
+        byte other than ``J`` is the 2013 family's: the 2025 clients log in first.
+        """
+        seen = connection.after_hello + data
+        if not seen:
+            return []
+        if seen[:1] == b"J" and len(seen) < 2:
+            connection.after_hello = seen
+            return []
+        connection.after_hello = b""
+        version = connection.hello_version
+        if seen[:2] == b"J{":
+            self._open(connection, Dialect.V2025, version)
+        else:
+            # Anything else is the older family's (whose decoder refuses
+            # what it cannot read, such as a length past the limit).
+            self._open(connection, Dialect.CLIENTS, version)
+        return self.receive(connection.id, seen, now)
+
+    def _open(self, connection: Connection, dialect: Dialect, version: str) -> None:
+        connection.phase = Phase.OPEN
+        connection.dialect = dialect
+        if dialect is Dialect.V046:
+            self.lobby046.connect(connection.id)
+        elif dialect is Dialect.V2025:
+            connection.decoder = endmarker.Decoder(max_body_length=self.config.max_json_length)
+            self.lobby2025.connect(connection.id, version)
+        else:
+            self.lobby.connect(connection.id, dialect, int(version))
+        log.info("dialect_chosen", version=version, dialect=dialect.value)
+
     def _hello(self, connection: Connection, hello: m.Hello, actions: list[Action]) -> None:
         version = hello.version
-        if version in self.config.client_versions:
+        config = self.config
+        if version in config.v2025_versions and version in config.client_versions:
+            connection.phase = Phase.AWAITING_DIALECT
+            connection.hello_version = version
+            log.info("hello_accepted", version=version, dialect="by_first_frame")
+            actions.append(Send(connection.id, HELLO_ACCEPTED))
+            return
+        if version in self.config.v2025_versions:
+            dialect = Dialect.V2025
+        elif version in self.config.client_versions:
             dialect = Dialect.CLIENTS
         elif version in self.config.document_versions:
             dialect = Dialect.DOCUMENT
@@ -311,12 +420,7 @@ class ServerCore:
             actions.append(Send(connection.id, HELLO_REFUSED))
             self._closing(connection, actions, "version_refused")
             return
-        connection.phase = Phase.OPEN
-        connection.dialect = dialect
-        if dialect is Dialect.V046:
-            self.lobby046.connect(connection.id)
-        else:
-            self.lobby.connect(connection.id, dialect, int(version))
+        self._open(connection, dialect, version)
         log.info("hello_accepted", version=version, dialect=dialect.value)
         actions.append(Send(connection.id, HELLO_ACCEPTED))
 
@@ -391,6 +495,13 @@ class ServerCore:
             log.info("connection_idle", silent_for=round(now - silent_since, 3))
             return self._closing(connection, [], "idle_timeout"), math.inf
         deadlines = [idle_deadline]
+        if connection.phase is Phase.AWAITING_DIALECT:
+            # No ping: neither family could read the other's.
+            handshake_deadline = connection.opened_at + config.handshake_timeout
+            if now >= handshake_deadline:
+                log.info("handshake_timeout")
+                return self._closing(connection, [], "handshake_timeout"), math.inf
+            return [], min(idle_deadline, handshake_deadline)
         if connection.phase is Phase.AWAITING_HELLO:
             handshake_deadline = connection.opened_at + config.handshake_timeout
             if now >= handshake_deadline:
@@ -409,7 +520,7 @@ class ServerCore:
             interval = max(interval, V046_MIN_PING_INTERVAL)
         ping_due = max(silent_since, connection.last_ping) + interval
         if now >= ping_due:
-            ping = DOCUMENT_PING if connection.dialect is Dialect.DOCUMENT else CLIENT_PING
+            ping = PINGS.get(connection.dialect, CLIENT_PING)
             actions.append(Send(connection_id, ping))
             connection.last_ping = now
             ping_due = now + interval
@@ -419,6 +530,8 @@ class ServerCore:
     def _registered(self, connection: Connection) -> bool:
         if connection.dialect is Dialect.V046:
             return self.lobby046.is_registered(connection.id)
+        if connection.dialect is Dialect.V2025:
+            return self.lobby2025.is_registered(connection.id)
         return self.lobby.players[connection.id].state is not PlayerState.UNREGISTERED
 
     # -- storage and lobby timers --------------------------------------------------
@@ -429,31 +542,45 @@ class ServerCore:
         """The outcome of a ``Store`` action, for the connection that caused it."""
         # The lobby knows whether the connection is still there, and some
         # outcomes (a stored game) matter whoever is.
-        return self.lobby046.stored(connection_id, operation, outcome, now)
+        return self._lobby_of(connection_id, operation).stored(
+            connection_id, operation, outcome, now
+        )
+
+    def _lobby_of(self, connection_id: int, operation: object) -> Lobby046 | Lobby2025:
+        """The lobby that asked for ``operation`` on behalf of ``connection_id``."""
+        if type(operation) is FinishGame:
+            return self.lobby2025 if operation.key.split(":")[1:2] == ["2025"] else self.lobby046
+        connection = self.connections.get(connection_id)
+        if connection is not None and connection.dialect is Dialect.V2025:
+            return self.lobby2025
+        return self.lobby046
 
     def tick(self, now: float) -> list[Action]:
         """Lobby deadlines due at ``now``; the edge calls this at :meth:`next_deadline`."""
-        return self.lobby046.tick(now)
+        return self.lobby046.tick(now) + self.lobby2025.tick(now)
 
     def next_deadline(self) -> float:
         """When :meth:`tick` is next due; clears :attr:`deadlines_changed`."""
         self.lobby046.deadlines_changed = False
-        return self.lobby046.next_deadline()
+        self.lobby2025.deadlines_changed = False
+        return min(self.lobby046.next_deadline(), self.lobby2025.next_deadline())
 
     @property
     def deadlines_changed(self) -> bool:
         """Whether a deadline was set since the last :meth:`next_deadline`."""
-        return self.lobby046.deadlines_changed
+        return self.lobby046.deadlines_changed or self.lobby2025.deadlines_changed
 
     # -- lobby snapshots -------------------------------------------------------
 
     @property
     def snapshot_due(self) -> bool:
-        return self.lobby.snapshot_due or self.lobby046.snapshot_due
+        return self.lobby.snapshot_due or self.lobby046.snapshot_due or self.lobby2025.snapshot_due
 
     def snapshot_delay(self) -> float:
         """How long the edge waits between two lobby broadcasts now."""
-        return self.config.snapshot_delay(len(self.lobby.names) + len(self.lobby046.names))
+        return self.config.snapshot_delay(
+            len(self.lobby.names) + len(self.lobby046.names) + len(self.lobby2025.names)
+        )
 
     def snapshots(self, may_send: Callable[[int], bool] | None = None) -> list[Action]:
         """Lobby snapshots due now, marked so a newer one supersedes an unsent older one.
@@ -462,6 +589,6 @@ class ServerCore:
         """
         return [
             Send(send.player, send.data, snapshot=True)
-            for lobby in (self.lobby, self.lobby046)
+            for lobby in (self.lobby, self.lobby046, self.lobby2025)
             for send in lobby.snapshots(may_send)
         ]

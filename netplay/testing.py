@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from netplay.config import Config
+from netplay.framing import endmarker
 from netplay.framing import messages as m
 from netplay.framing.length3 import (
     MAX_JSON_LENGTH_ON_WIRE,
@@ -315,3 +316,163 @@ async def start_match046(first: Client046, second: Client046) -> tuple[dict[str,
     await second.receive_until("menu_state")
     await second.menu_state(ready=True)
     return await first.receive_until("match_start"), await second.receive_until("match_start")
+
+
+# -- the 2023-2025 clients (network versions 003-005) -------------------------------------
+
+
+def login_message2025(name: object, user_id: object = NEW_USER_ID, **overrides: Any) -> dict[str, Any]:
+    """The ``login_request`` of a 2025 client, as it sends it after the server's ``H``."""
+    return {
+        "login_request": True, "user_id": user_id, "engine_version": "048", "name": name,
+        "level": 5, "inputMethod": "controller", "character": "PA_Magellan",
+        "character_is_random": "__RandomCharacter", "stage": "panel-attack-magellan-day",
+        "stage_is_random": "__RandomStage", "ranked": False,
+        "save_replays_publicly": "with my name", **overrides,
+    }
+
+
+def menu_state2025(*, ready: bool = False, level: int = 5, ranked: bool = False,
+                   character: str = "PA_Magellan", **overrides: Any) -> dict[str, Any]:
+    """A 2025 client's ``menu_state`` at select: ``ready`` sets wants_ready and ready."""
+    return {
+        "cursor": "__Ready", "character": character, "character_is_random": "__RandomCharacter",
+        "stage": "panel-attack-magellan-day", "stage_is_random": "__RandomStage",
+        "panels_dir": "pacci", "level": level, "ranked": ranked, "inputMethod": "controller",
+        "loaded": True, "wants_ready": ready, "ready": ready, **overrides,
+    }
+
+
+class Client2025:
+    """A scripted 2023-2025 client (end-marker frames): login, rooms, matches, spectating.
+
+    Version ``005`` reads typed server messages; :meth:`receive_message` gives
+    ``(type, content)`` for both kinds (a 004 message's type is its first key
+    of interest, see :data:`PLAIN_TYPES`).  Inputs received are counted in
+    :attr:`inputs_received` by letter and skipped by the ``receive`` family.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, version: str = "004",
+                 answer_pings: bool = True) -> None:
+        self._endmarker = endmarker
+        self.stream = stream
+        self.version = version
+        self.decoder = endmarker.Decoder(Direction.SERVER_TO_CLIENT, max_body_length=1 << 24)
+        self.answer_pings = answer_pings
+        self.pings = 0
+        self.name: str | None = None
+        self.inputs_received: dict[str, list[bytes]] = {"I": [], "U": []}
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send_json(self, payload: dict[str, Any]) -> None:
+        await self.send(self._endmarker.encode_json(payload))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def receive(self, *, timeout: float = 5.0) -> Any:
+        """The next frame other than a ping (answered); inputs are returned too."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = self.decoder.next_frame()
+                if frame is None:
+                    try:
+                        data = await self.stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        raise ConnectionClosed()
+                    self.decoder.receive_data(data)
+                    continue
+                if isinstance(frame, m.Ping):
+                    self.pings += 1
+                    if self.answer_pings:
+                        await self.send(b"E")
+                    continue
+                return frame
+
+    async def receive_json(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.receive(timeout=math.inf)
+                if isinstance(frame, self._endmarker.MarkedInput):
+                    self.inputs_received[frame.letter].append(frame.body)
+                    continue
+                if not isinstance(frame, m.Json):
+                    raise AssertionError(f"expected a J frame, got {frame!r}")
+                return frame.payload
+
+    async def receive_until(self, kind: str, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Skip messages until one of ``kind`` (a 005 type or a 004 key); return its payload.
+
+        For a 005 client the payload returned is the message's ``content``.
+        """
+        with trio.fail_after(timeout):
+            while True:
+                payload = await self.receive_json(timeout=math.inf)
+                if payload.get("type") == kind and "sender" in payload:
+                    return payload["content"]
+                if kind in payload:
+                    return payload
+
+    async def connect(self) -> None:
+        """``H`` + version alone, as the client does; wait for ``H``."""
+        await self.send(b"H" + self.version.encode("ascii"))
+        frame = await self.receive()
+        if not isinstance(frame, m.HelloAccepted):
+            raise AssertionError(f"expected H, got {frame!r}")
+
+    async def login(self, name: str, user_id: object = NEW_USER_ID, **overrides: Any) -> dict[str, Any]:
+        """Connect and log in; return the reply (its content for 005)."""
+        self.name = name
+        await self.connect()
+        await self.send_json(login_message2025(name, user_id, **overrides))
+        kind = "loginResponse" if self.version >= "005" else None
+        while True:
+            payload = await self.receive_json()
+            if kind is not None and payload.get("type") == kind:
+                return payload["content"]
+            if {"login_successful", "login_denied"} & payload.keys():
+                return payload
+
+    async def request_game(self, receiver: str) -> None:
+        await self.send_json({"game_request": {"sender": self.name, "receiver": receiver}})
+
+    async def menu_state(self, **options: Any) -> None:
+        await self.send_json({"menu_state": menu_state2025(**options)})
+
+    async def send_inputs(self, inputs: str) -> None:
+        await self.send(b"".join(
+            self._endmarker.encode_marked(b"I", symbol.encode("utf-8")) for symbol in inputs
+        ))
+
+    async def game_over(self, outcome: int) -> None:
+        await self.send_json({"game_over": True, "outcome": outcome})
+
+    async def spectate(self, room_number: int) -> dict[str, Any]:
+        await self.send_json({"spectate_request": {"sender": self.name, "roomNumber": room_number}})
+        kind = "spectateRequestGranted" if self.version >= "005" else "spectate_request_granted"
+        return await self.receive_until(kind)
+
+    async def leave_room(self) -> None:
+        await self.send_json({"leave_room": True})
+
+    async def logout(self) -> None:
+        await self.send_json({"logout": True})
+
+    async def receive_inputs(self, letter: str, count: int, *, timeout: float = 5.0) -> list[bytes]:
+        received = self.inputs_received[letter]
+        with trio.fail_after(timeout):
+            while len(received) < count:
+                frame = await self.receive(timeout=math.inf)
+                if isinstance(frame, self._endmarker.MarkedInput):
+                    self.inputs_received[frame.letter].append(frame.body)
+        return received[:count]
+
+
+def connect2025(server: Server, *, version: str = "004", **kwargs: Any) -> Client2025:
+    """A 2025 client served by ``server`` in this process."""
+    plain = connect_in_process(server, **kwargs)
+    return Client2025(plain.stream, version=version, answer_pings=plain.answer_pings)

@@ -4,7 +4,6 @@ import socket
 
 import pytest
 import structlog
-
 from helpers import logging_restored
 
 

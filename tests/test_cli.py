@@ -148,6 +148,8 @@ EVERY_SETTING = {
     "http_port": ("8080", 8080),
     "http_host": ("127.0.0.1", "127.0.0.1"),
     "v046_versions": ("045-046", frozenset({"045", "046"})),
+    "v2025_versions": ("004-005", frozenset({"004", "005"})),
+    "v2025_engine_groups": ("047+048,049", "047+048,049"),
     "database": ("/tmp/players.sqlite3", "/tmp/players.sqlite3"),
     "max_spectators_per_room": ("3", 3),
     "game_over_timeout": ("6.5", 6.5),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import configparser
 
-from netplay.config import Config
-
 from helpers import ROOT
+
+from netplay.config import Config
 
 
 def unit_service_section() -> configparser.SectionProxy:

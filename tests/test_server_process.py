@@ -14,7 +14,6 @@ import signal
 import time
 
 import pytest
-
 from helpers import LoggingProcess, server_command
 
 # (name, log event to wait for, None: the handler is installed; extra delay in seconds)

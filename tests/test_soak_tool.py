@@ -9,7 +9,6 @@ from typing import Iterator
 
 import pytest
 import trio
-
 from helpers import LoggingProcess, load_tool, server_command, tool_command
 
 

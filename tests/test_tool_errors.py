@@ -9,7 +9,6 @@ import subprocess
 from typing import Iterator
 
 import pytest
-
 from helpers import ROOT, load_tool, tool_command
 
 TOOL_TIMEOUT = 30

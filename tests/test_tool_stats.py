@@ -14,7 +14,6 @@ import time
 from typing import Iterator
 
 import pytest
-
 from helpers import load_tool
 
 stats = load_tool("_clients")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from helpers import ROOT, LoggingProcess, load_tool, server_command, tool_command
 
 

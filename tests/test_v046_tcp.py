@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import LoggingProcess, server_command
 
 from netplay.testing import Client046, pair_up046, start_match046
-from helpers import LoggingProcess, server_command
 
 
 async def connect(server: LoggingProcess, name: str) -> Client046:

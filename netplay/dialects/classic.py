@@ -18,6 +18,8 @@ from netplay.framing import messages as m
 CLIENT_VERSIONS = frozenset(f"{v:03d}" for v in range(4, 20))
 DOCUMENT_VERSIONS = frozenset({"139"})
 V046_VERSIONS = frozenset({"046"})
+V2025_VERSIONS = frozenset({"003", "004", "005"})
+V2025_ENGINE_GROUPS = "048"
 
 MAX_TEXT_FIELD_LENGTH = 64  # character names, cursor ids
 MIN_LEVEL = 0
@@ -27,7 +29,8 @@ MAX_LEVEL = 99
 class Dialect(enum.Enum):
     CLIENTS = "clients"  # what the existing clients 004..019 speak
     DOCUMENT = "document"  # what the design document describes
-    V046 = "v046"  # what the 2022 client (protocol 046) speaks; see ``dialect046``
+    V046 = "v046"  # what the 2022 client (protocol 046) speaks; see ``dialects.v046``
+    V2025 = "v2025"  # what the 2023-2025 clients (network 003-005) speak; see ``dialects.v2025``
 
 
 def _fail(reason: str, **context: object) -> RemoteProtocolError:

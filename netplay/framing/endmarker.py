@@ -187,6 +187,14 @@ class Decoder:
         )
         raise self._broken
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes not yet decoded, leaving none."""
+        rest = bytes(self._buffer[self._start:])
+        self._buffer.clear()
+        self._start = 0
+        self._scanned = 0
+        return rest
+
     def frames(self) -> list[Any]:
         """Every whole message buffered now; raises like :meth:`next_frame`."""
         result = []

@@ -229,6 +229,13 @@ class Decoder:
         self._consume(end)
         return self._make(letter, message)
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes not yet decoded (to another decoder), leaving none."""
+        rest = bytes(self._buffer[self._start:])
+        self._buffer.clear()
+        self._start = 0
+        return rest
+
     def frames(self) -> list[Any]:
         """Every whole message buffered now; raises like :meth:`next_frame`."""
         result = []

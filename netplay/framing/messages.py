@@ -201,6 +201,10 @@ class Selections:
     loaded: bool | None = None
     wants_ready: bool = False
     ready: bool = False
+    # The 2025 clients' additions: how the player plays, and the level's
+    # settings (a JSON object as the client sent it; None: the level's preset).
+    input_method: str = "controller"
+    level_data: dict[str, Any] | None = attrs.field(default=None, hash=False)
 
 
 @attrs.frozen
@@ -265,4 +269,49 @@ class LeaderboardRequest:
 Command046 = (
     Register046 | LoginRequest | Logout | GameRequest | MenuState046 | LeaveRoom
     | GameOverClaim | SpectateRequest | Taunt | LeaderboardRequest
+)
+
+
+# ---------------------------------------------------------------------------
+# Commands of the 2023-2025 clients (network versions 003-005), after validation by
+# ``dialects.v2025``; the rest are shared with the 2022 client's.
+
+
+@attrs.frozen
+class Login2025:
+    """``login_request``: name, id (None asks for a new one), engine and settings at once.
+
+    ``name`` and ``engine_version`` are kept as received (any type); the lobby
+    answers bad ones.
+    """
+
+    user_id: str | None
+    name: object
+    engine_version: object
+    selections: Selections
+    save_replays_publicly: str
+
+
+@attrs.frozen
+class PlayerSettings:
+    """``menu_state`` of a 2025 player in a room."""
+
+    selections: Selections
+
+
+@attrs.frozen
+class MatchAbort:
+    """``{"type": "matchAbort"}`` (network version 005): the sender stopped the match."""
+
+
+@attrs.frozen
+class ErrorReport:
+    """``error_report``: the client crashed and tells why; it closes the connection next."""
+
+    size: int
+
+
+Command2025 = (
+    Login2025 | Logout | GameRequest | PlayerSettings | LeaveRoom | GameOverClaim
+    | SpectateRequest | Taunt | LeaderboardRequest | MatchAbort | ErrorReport
 )

@@ -459,7 +459,8 @@ class RoomLobby:
         joiner needs a list at once, and encoding a fresh one per join would
         cost O(players) each; the next broadcast brings the latest.
         """
-        cached = self._encoded_lobby.get(player.wire_format)
+        key = self._lobby_list_key(player)
+        cached = self._encoded_lobby.get(key)
         if cached is not None:
             version, encoded_at, data = cached
             if version == self.version:
@@ -472,8 +473,12 @@ class RoomLobby:
             ):
                 return version, data
         data = self._render_lobby_state(player)
-        self._encoded_lobby[player.wire_format] = (self.version, self._last_now, data)
+        self._encoded_lobby[key] = (self.version, self._last_now, data)
         return self.version, data
+
+    def _lobby_list_key(self, player: Player) -> Hashable:
+        """Players with equal keys are sent the same lobby list."""
+        return player.wire_format
 
     def lobby_players(self) -> tuple[list[Player], list[Room], list[Player]]:
         """Who the lobby list shows: players waiting (by name), rooms, everyone with a rating."""

@@ -25,6 +25,7 @@ import attrs
 
 from netplay.config import Config
 from netplay.framing.length3 import MAX_JSON_LENGTH_ON_WIRE
+from netplay.lobbies.v2025 import parse_engine_groups
 from netplay.logs import LEVELS
 
 LOG_FORMATS = ("console", "json")
@@ -70,6 +71,20 @@ def version_list(text: str) -> frozenset[str]:
             raise argparse.ArgumentTypeError(f"{part!r} is an empty range")
         versions.update(f"{v:03d}" for v in range(int(low), int(high) + 1))
     return frozenset(versions)
+
+
+def engine_groups(text: str) -> str:
+    """``048`` or ``047+048,049``: checked, kept as text."""
+    try:
+        parse_engine_groups(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    for group in text.split(","):
+        for version in group.split("+"):
+            version = version.strip()
+            if not (len(version) == 3 and version.isascii() and version.isdigit()):
+                raise argparse.ArgumentTypeError(f"{version!r} is not a 3-digit engine version")
+    return text
 
 
 def integer(text: str) -> int:
@@ -244,6 +259,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("v046_versions", "list", version_list,
             "handshake versions served in the 2022 client's dialect, with login and "
             "spectators", "LIST"),
+    Setting("v2025_versions", "list", version_list,
+            "network versions served in the 2023-2025 clients' dialect (end-marker frames); "
+            "004 and 005 are told apart from the 2013 clients' by their first frame", "LIST"),
+    Setting("v2025_engine_groups", "text", engine_groups,
+            "engine versions of the 2023-2025 clients that may log in; players meet only "
+            "those of their group: groups split by commas, versions sharing one by +", "GROUPS"),
     Setting("database", "text", non_empty,
             "SQLite file of players, ratings and games, relative to the working directory; "
             ":memory: keeps nothing", "PATH"),
