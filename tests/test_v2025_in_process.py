@@ -230,3 +230,66 @@ async def test_spoofed_sender_is_refused():
             payload = await alice.receive_until("game_request")
             raise AssertionError(payload)
 
+
+
+async def _match_with_spectator(server, versions):
+    alice, _ = await logged_in(server, "alice", versions[0])
+    bob, _ = await logged_in(server, "bob", versions[1])
+    await pair(alice, bob)
+    await alice.menu_state(ready=True)
+    await bob.menu_state(ready=True)
+    for client in (alice, bob):
+        await client.receive_until("matchStart" if client.version >= "005" else "match_start")
+    carol, _ = await logged_in(server, "carol", versions[2])
+    lobby = await carol.receive_until("lobbyState" if carol.version >= "005" else "unpaired")
+    await carol.spectate(lobby["spectatable"][0]["roomNumber"])
+    return alice, bob, carol
+
+
+async def test_a_beta_spectator_who_leaves_is_sent_leave_room_then_the_lobby():
+    async with running_server() as server:
+        _alice, bob, carol = await _match_with_spectator(server, ("005", "005", "005"))
+        await carol.leave_room()
+        assert await carol.receive_until("leaveRoom") == {"reason": "carol left"}
+        assert (await carol.receive_until("lobbyState"))["unpaired"] == ["carol"]
+        assert await bob.receive_until("spectatorUpdate") == ["carol"]
+        assert await bob.receive_until("spectatorUpdate") == []
+
+
+async def test_a_stable_spectator_who_leaves_is_sent_no_leave_room():
+    async with running_server() as server:
+        _alice, bob, carol = await _match_with_spectator(server, ("004", "004", "004"))
+        await carol.leave_room()
+        while True:
+            payload = await carol.receive_json()
+            assert "leave_room" not in payload
+            if "unpaired" in payload:
+                break
+        assert payload["unpaired"] == ["carol"]
+        assert (await bob.receive_until("spectators"))["spectators"] == ["carol"]
+        assert (await bob.receive_until("spectators"))["spectators"] == []
+
+
+async def test_beta_leave_room_says_who_left():
+    async with running_server() as server:
+        alice, _ = await logged_in(server, "alice", "005")
+        bob, _ = await logged_in(server, "bob", "005")
+        await pair(alice, bob)
+        await alice.leave_room()
+        assert await bob.receive_until("leaveRoom") == {"reason": "alice left"}
+        assert await alice.receive_until("leaveRoom") == {"reason": "alice left"}
+
+
+async def test_beta_settings_sent_outside_a_room_are_kept_and_stable_ones_are_not():
+    async with running_server() as server:
+        alice, _ = await logged_in(server, "alice", "005")
+        bob, _ = await logged_in(server, "bob", "004")
+        # Both clients send their settings from the lobby just before a challenge.
+        await alice.menu_state(loaded=False, panels_dir="pdp_ta_common")
+        await bob.menu_state(loaded=False, panels_dir="pdp_ta_common")
+        a_room, b_room = await pair(alice, bob)
+        settings = {p["name"]: p["settings"] for p in a_room["players"]}
+        assert settings["alice"]["panels"] == "pdp_ta_common"
+        assert settings["alice"]["loaded"] is False
+        assert "panels" not in settings["bob"] and "loaded" not in settings["bob"]
+        assert b_room["b_menu_state"]["panels_dir"] == "pdp_ta_common"  # alice is player 2

@@ -80,6 +80,13 @@ def parse_engine_groups(text: str) -> tuple[frozenset[str], ...]:
     return tuple(groups)
 
 
+# How a 005 player is told why its opponent went, by the reason the connection closed.
+_DISCONNECT_WORDS = {
+    "logout": "{} logged out",
+    "client_error_report": "{} crashed",
+}
+
+
 def _typed_json(kind: str, content: Any, sender: str, sender_id: Any = None) -> bytes:
     return encode_json(d.typed(kind, content, sender, sender_id))
 
@@ -110,6 +117,9 @@ class Lobby2025(RoomLobby):
         self._pending_logins: dict[PlayerId, tuple[m.Login2025, str]] = {}
         # Commands that came while the database checked a login, for after it.
         self._held: dict[PlayerId, list[object]] = {}
+        # While a room closes: the reason a 005 player's leaveRoom gives.
+        self._leave_words: str | None = None
+        self._disconnect_reason: str | None = None
 
     def handle(self, player_id: PlayerId, command: object, now: float) -> list[Action]:
         if player_id in self._pending_logins and type(command) is not m.Login2025:
@@ -128,7 +138,16 @@ class Lobby2025(RoomLobby):
         self.versions[player_id] = version
         return player
 
-    def disconnect(self, player_id: PlayerId) -> list[Action]:
+    def disconnect(self, player_id: PlayerId, reason: str | None = None) -> list[Action]:
+        """The connection is gone; ``reason`` ("logout", "client_error_report", ...)
+        words the leaveRoom a 005 opponent is sent."""
+        self._disconnect_reason = reason
+        try:
+            return self._disconnect(player_id)
+        finally:
+            self._disconnect_reason = None
+
+    def _disconnect(self, player_id: PlayerId) -> list[Action]:
         player = self.players.get(player_id)
         pending = self._pending_logins.pop(player_id, None)
         if pending is not None and player is not None:
@@ -247,9 +266,14 @@ class Lobby2025(RoomLobby):
     # -- what differs from the 2022 client in play ----------------------------------------
 
     def _player_settings(self, player: Player, message: m.PlayerSettings, now: float) -> list[Action]:
-        if player.state is not PlayerState.ROOM:
-            return []
-        return self._menu_state(player, message.selections, now)
+        if player.state is PlayerState.ROOM:
+            return self._menu_state(player, message.selections, now)
+        if player.wire_format is TYPED:
+            # The 005 server keeps settings sent anywhere (in the lobby, after
+            # a game over while the opponent still plays); nobody is told
+            # until the next room or select shows them.  004 ignores them.
+            player.selections = message.selections
+        return []
 
     def _ready_to_start(self, player: Player) -> bool:
         selections = player.selections
@@ -268,6 +292,30 @@ class Lobby2025(RoomLobby):
         if room is not None and not self._same_group(player, room.players[0]):
             raise refuse("room_unknown", player, message, room=message.room_number)
         return super()._spectate_request(player, message, now)
+
+    def _leave_room(self, player: Player, message: m.LeaveRoom, now: float) -> list[Action]:
+        if player.state is PlayerState.SPECTATING and player.wire_format is TYPED:
+            # A 005 spectator waits for the server's leaveRoom to go back to
+            # the lobby; 004 leaves on its own and is sent none.
+            room = player.room
+            assert room is not None
+            leave = _typed_json("leaveRoom", {"reason": f"{player.name} left"}, "room", room.number)
+            return [Send(player.id, leave), *super()._leave_room(player, message, now)]
+        return super()._leave_room(player, message, now)
+
+    def _close_room(self, room: Room, reason: str, **context: object) -> list[Action]:
+        by = context.get("by") or ""
+        if reason == "left":
+            words = f"{by} left"
+        elif reason == "opponent_disconnected":
+            words = _DISCONNECT_WORDS.get(self._disconnect_reason, "{}'s connection failed").format(by)
+        else:
+            words = reason
+        self._leave_words = words
+        try:
+            return super()._close_room(room, reason, **context)
+        finally:
+            self._leave_words = None
 
     def _match_abort(self, player: Player, message: m.MatchAbort, now: float) -> list[Action]:
         """A 005 player stopped the match: the others are told, the room is back at select.
@@ -402,7 +450,9 @@ class Lobby2025(RoomLobby):
 
     def _render_leave_room(self, room: Room, reason: str, recipient: Player) -> bytes:
         if recipient.wire_format is TYPED:
-            return _typed_json("leaveRoom", {"reason": reason}, "room", room.number)
+            # Shown to a player whose match it ends, in the panel-game server's words.
+            words = self._leave_words if self._leave_words is not None else reason
+            return _typed_json("leaveRoom", {"reason": words}, "room", room.number)
         return encode_json({"leave_room": True})
 
     def _render_spectators(self, room: Room, names: list[str], recipient: Player) -> bytes:
