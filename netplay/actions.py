@@ -38,4 +38,22 @@ class Store:
     operation: object
 
 
-Action = Send | Close | Store
+@attrs.frozen
+class PauseReading:
+    """Stop reading connection ``player``: its messages wait for the rate limit.
+
+    Back-pressure: the client's own socket buffers fill and it slows down;
+    nothing it sent is lost.  A :class:`ResumeReading` follows.
+    """
+
+    player: int
+
+
+@attrs.frozen
+class ResumeReading:
+    """Read connection ``player`` again after a :class:`PauseReading`."""
+
+    player: int
+
+
+Action = Send | Close | Store | PauseReading | ResumeReading

@@ -61,6 +61,9 @@ class Config:
     # Token bucket over every message a connection sends.
     max_messages_per_second: float = 300.0
     message_burst: int = 1200
+    # Bytes of messages held back by that bucket (never dropped: an input
+    # lost is a game lost); past this the sender is closed.
+    max_held_bytes: int = 256 * 1024
     # Bytes queued for a client that does not read; past this it is dropped.
     max_queued_bytes: int = 512 * 1024
 

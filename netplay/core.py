@@ -27,7 +27,7 @@ import attrs
 import structlog
 
 from netplay.accounts.ratings import PlacementRule
-from netplay.actions import Action, Close, Send
+from netplay.actions import Action, Close, PauseReading, ResumeReading, Send
 from netplay.config import Config
 from netplay.dialects import v046 as dialect046
 from netplay.dialects import v2025 as dialect2025
@@ -49,8 +49,11 @@ DOCUMENT_PING = b"W"
 HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
-# relay_target's answer for an input dropped by the flood limit (ids start at 1).
-RELAY_DROPPED = 0
+# What an input costs of the token bucket, other messages costing 1: a client
+# that stalled sends every input it owes at once and must not wait for them,
+# and relaying one is cheap.  At the default rate: 9,600 a second, 160 times
+# what a client sends, after a burst of 38,400 (ten minutes of play).
+INPUT_COST = 1 / 32
 
 _SIGNS_OF_LIFE = frozenset({m.Pong, m.Heartbeat, m.ClientPing})
 
@@ -86,8 +89,11 @@ class Connection:
     # Token bucket over incoming messages.
     tokens: float = 0.0
     tokens_at: float = 0.0
-    flooding: bool = False
-    dropped_in_flood: int = 0
+    # Over the rate, the connection's messages wait in its decoder (never
+    # dropped) until the bucket refills at ``resume_at``.
+    resume_at: float = -math.inf
+    held_since: float = math.inf
+    delayed_in_flood: int = 0
     # Rate limit of the refusal log lines.
     refusals_window_start: float = -math.inf
     refusals_in_window: int = 0
@@ -130,6 +136,9 @@ class ServerCore:
         self.connections: dict[int, Connection] = {}
         self.connections_per_host: dict[str, int] = {}
         self._next_id = 1
+        # Connections whose messages wait for the rate limit (see ``_throttle``).
+        self._throttled: set[int] = set()
+        self._throttle_changed = False
 
     # -- connection life cycle ------------------------------------------------
 
@@ -170,8 +179,9 @@ class ServerCore:
             self.connections_per_host[connection.host] = remaining
         else:
             del self.connections_per_host[connection.host]
-        if connection.flooding:
-            log.warning("message_flood_ended", dropped=connection.dropped_in_flood)
+        if connection.held_since != math.inf:
+            log.warning("message_flood_ended", delayed=connection.delayed_in_flood, held=False)
+        self._throttled.discard(connection_id)
         if connection.refusals_in_window > REFUSAL_LOG_LINES:
             log.info(
                 "message_refusals_suppressed",
@@ -204,9 +214,9 @@ class ServerCore:
         message from a player in a match of the older dialects; for a 046
         player, the match's :class:`InputRoute` (the opponent gets ``data``,
         each spectator ``route.as_spectators[data[1]]``), with the input
-        already recorded for late spectators.  :data:`RELAY_DROPPED` when such
-        an input is over the rate limit, and None when ``data`` must go
-        through :meth:`receive`.  Allocates nothing.
+        already recorded for late spectators.  None when ``data`` must go
+        through :meth:`receive`, which is also where an input over the rate
+        limit waits its turn.  Allocates nothing.
         """
         if len(data) != 2 or data[0] != _INPUT_LETTER:
             return None
@@ -219,18 +229,20 @@ class ServerCore:
             route = self.lobby046.input_route(connection_id, data[1])
             if route is None or connection.phase is not Phase.OPEN:
                 return None
+            if not self._admit(connection, now, INPUT_COST):
+                return None
             connection.last_received = now
             self._traffic.relayed_inputs += 1
-            if not self._admit_message(connection, now):
-                return RELAY_DROPPED
             route.record(data[1])
             return route
         target = self.lobby.input_target(connection_id)
         if target is None or connection.phase is not Phase.OPEN:
             return None
+        if not self._admit(connection, now, INPUT_COST):
+            return None
         connection.last_received = now
         self._traffic.relayed_inputs += 1
-        return target if self._admit_message(connection, now) else RELAY_DROPPED
+        return target
 
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
         """Bytes arrived from a connection; return what to do about them."""
@@ -242,11 +254,24 @@ class ServerCore:
         connection.last_received = now
         if connection.phase is Phase.AWAITING_DIALECT:
             return self._choose_dialect(connection, data, now)
+        connection.decoder.receive_data(data)
+        if connection.resume_at > now:
+            return self._hold(connection)
+        return self._drain(connection, now)
+
+    def _drain(self, connection: Connection, now: float) -> list[Action]:
+        """Handle the messages in the connection's decoder, as far as its rate allows."""
         decoder = connection.decoder
-        decoder.receive_data(data)
         traffic = self._traffic
         actions: list[Action] = []
         while True:
+            if not self._admit(connection, now, 0.0):
+                if decoder.buffered:
+                    self._throttle(connection, now, actions)
+                    actions.extend(self._hold(connection))
+                elif connection.held_since != math.inf:
+                    self._flood_ended(connection, now, actions)
+                return actions
             try:
                 frame = decoder.next_frame()
             except RemoteProtocolError as error:
@@ -260,15 +285,16 @@ class ServerCore:
                     return self._closing(connection, actions, error.reason)
                 traffic.received_messages[decoder.last_letter] += 1
                 traffic.received_bytes[decoder.last_letter] += decoder.last_length
-                if self._admit_message(connection, now):
-                    self._log_refusal(connection, error, now)
+                self._charge(connection, 1.0)
+                self._log_refusal(connection, error, now)
                 continue
             if frame is None:
+                if connection.held_since != math.inf:
+                    self._flood_ended(connection, now, actions)
                 return actions
             traffic.received_messages[decoder.last_letter] += 1
             traffic.received_bytes[decoder.last_letter] += decoder.last_length
-            if not self._admit_message(connection, now):
-                continue
+            self._charge(connection, INPUT_COST if decoder.last_letter == _INPUT_LETTER else 1.0)
             self._dispatch(connection, frame, actions, now)
             if connection.phase is Phase.CLOSING:
                 return actions
@@ -438,32 +464,72 @@ class ServerCore:
 
     # -- limits and log hygiene -----------------------------------------------
 
-    def _admit_message(self, connection: Connection, now: float) -> bool:
-        """Token bucket: False (and one log line per flood) when over the rate."""
+    def _admit(self, connection: Connection, now: float, cost: float) -> bool:
+        """Token bucket: whether a message may be handled now; takes ``cost`` if so.
+
+        A message needs a whole token to start, so that an empty bucket holds
+        every kind alike; inputs then cost only :data:`INPUT_COST`.
+        """
         config = self.config
         tokens = connection.tokens + (now - connection.tokens_at) * config.max_messages_per_second
         if tokens > config.message_burst:
             tokens = config.message_burst
         connection.tokens_at = now
-        if tokens >= 1.0:
-            connection.tokens = tokens - 1.0
-            if connection.flooding:
-                connection.flooding = False
-                log.warning(
-                    "message_flood_ended", player=connection.id, dropped=connection.dropped_in_flood
-                )
+        # The tolerance keeps a refill computed to the instant from falling
+        # short by a rounding error, and the connection from waiting forever.
+        if tokens >= 0.999_999 and connection.resume_at <= now:
+            connection.tokens = tokens - cost
             return True
         connection.tokens = tokens
-        self.counters.messages_dropped["flood"] += 1
-        if not connection.flooding:
-            connection.flooding = True
-            connection.dropped_in_flood = 0
+        return False
+
+    def _charge(self, connection: Connection, cost: float) -> None:
+        connection.tokens -= cost
+        if connection.held_since != math.inf:
+            connection.delayed_in_flood += 1
+            self.counters.messages_delayed["flood"] += 1
+
+    def _throttle(self, connection: Connection, now: float, actions: list[Action]) -> None:
+        """Over the rate: handle nothing more, and read nothing more, until the
+        bucket has a token again."""
+        config = self.config
+        connection.resume_at = now + max(
+            (1.0 - connection.tokens) / config.max_messages_per_second, 1e-6
+        )
+        self._throttled.add(connection.id)
+        self._throttle_changed = True
+        if connection.held_since == math.inf:
+            connection.held_since = now
+            connection.delayed_in_flood = 0
+            actions.append(PauseReading(connection.id))
             log.warning(
                 "message_flood", player=connection.id,
                 limit_per_second=config.max_messages_per_second, burst=config.message_burst,
             )
-        connection.dropped_in_flood += 1
-        return False
+
+    def _hold(self, connection: Connection) -> list[Action]:
+        """Messages wait for the rate; past ``max_held_bytes`` of them, the sender is closed.
+
+        The edge stops reading a held connection, so this takes an edge that
+        cannot (or bytes read before it did) to happen.
+        """
+        held = connection.decoder.buffered
+        if held <= self.config.max_held_bytes:
+            return []
+        log.warning(
+            "message_flood_closed", player=connection.id, held_bytes=held,
+            limit=self.config.max_held_bytes, delayed=connection.delayed_in_flood,
+        )
+        connection.held_since = math.inf  # said above, with the count
+        return self._closing(connection, [], "message_flood")
+
+    def _flood_ended(self, connection: Connection, now: float, actions: list[Action]) -> None:
+        actions.append(ResumeReading(connection.id))
+        log.warning(
+            "message_flood_ended", player=connection.id, delayed=connection.delayed_in_flood,
+            held_for=round(now - connection.held_since, 3),
+        )
+        connection.held_since = math.inf
 
     def _log_refusal(self, connection: Connection, error: RemoteProtocolError, now: float) -> None:
         self.counters.messages_refused[error.reason] += 1
@@ -556,19 +622,36 @@ class ServerCore:
         return self.lobby046
 
     def tick(self, now: float) -> list[Action]:
-        """Lobby deadlines due at ``now``; the edge calls this at :meth:`next_deadline`."""
-        return self.lobby046.tick(now) + self.lobby2025.tick(now)
+        """Deadlines due at ``now`` (the lobbies', held messages'); the edge calls
+        this at :meth:`next_deadline`."""
+        actions = self.lobby046.tick(now) + self.lobby2025.tick(now)
+        if self._throttled:
+            due = [c for c in self._throttled if self.connections[c].resume_at <= now]
+            for connection_id in sorted(due):
+                self._throttled.discard(connection_id)
+                connection = self.connections[connection_id]
+                if connection.phase is not Phase.CLOSING:
+                    actions.extend(self._drain(connection, now))
+        return actions
 
     def next_deadline(self) -> float:
         """When :meth:`tick` is next due; clears :attr:`deadlines_changed`."""
         self.lobby046.deadlines_changed = False
         self.lobby2025.deadlines_changed = False
-        return min(self.lobby046.next_deadline(), self.lobby2025.next_deadline())
+        self._throttle_changed = False
+        deadline = min(self.lobby046.next_deadline(), self.lobby2025.next_deadline())
+        for connection_id in self._throttled:
+            deadline = min(deadline, self.connections[connection_id].resume_at)
+        return deadline
 
     @property
     def deadlines_changed(self) -> bool:
         """Whether a deadline was set since the last :meth:`next_deadline`."""
-        return self.lobby046.deadlines_changed or self.lobby2025.deadlines_changed
+        return (
+            self.lobby046.deadlines_changed
+            or self.lobby2025.deadlines_changed
+            or self._throttle_changed
+        )
 
     # -- lobby snapshots -------------------------------------------------------
 

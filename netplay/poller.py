@@ -48,6 +48,15 @@ class ReadPoller:
         self._callbacks[fd] = callback
         self._epoll.register(fd, select.EPOLLIN)
 
+    def pause(self, fd: int) -> None:
+        """Stop reading ``fd`` (it stays registered) until :meth:`resume`."""
+        if fd in self._callbacks:
+            self._epoll.modify(fd, 0)
+
+    def resume(self, fd: int) -> None:
+        if fd in self._callbacks:
+            self._epoll.modify(fd, select.EPOLLIN)
+
     def remove(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
             try:

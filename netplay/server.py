@@ -29,7 +29,7 @@ import trio
 
 from netplay import poller
 from netplay.accounts import storage
-from netplay.actions import Action, Close, Send, Store
+from netplay.actions import Action, Close, PauseReading, ResumeReading, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
 from netplay.lobbies import results
@@ -123,6 +123,10 @@ class Link:
     sending: bool = False
     # The lobby snapshot still waiting in ``queue``, if any.
     queued_snapshot: bytes | None = None
+    # Set while the core holds this connection's messages for the rate limit:
+    # nothing more is read, so the client's socket buffers push back.
+    reading_paused: bool = False
+    reading_resumed: trio.Event = attrs.Factory(trio.Event)
 
 
 def unsent_bytes(fd: int) -> int:
@@ -307,6 +311,8 @@ class Server:
             self._on_bytes(link, data, trio.current_time())
             if not data:
                 return
+            while link.reading_paused:
+                await link.reading_resumed.wait()
 
     async def _read_through_poller(self, link: Link) -> None:
         assert link.fd is not None and self._poller is not None
@@ -325,8 +331,6 @@ class Server:
                     target = relay_target(connection_id, data, now)
                     if target is not None:
                         if type(target) is int:
-                            if not target:
-                                return  # dropped by the flood limit
                             deliver(target, data)
                         else:
                             relay(target, data)
@@ -377,7 +381,7 @@ class Server:
         elif type(target) is not int:
             self._relay(target, data)
             self._sample_relay("direct", now)
-        elif target:  # not dropped by the flood limit
+        else:
             self._deliver(target, data)
             self._sample_relay("direct", now)
 
@@ -460,6 +464,10 @@ class Server:
                 self._deliver(action.player, action.data, action.snapshot)
             elif type(action) is Store:
                 self._store(action)
+            elif type(action) is PauseReading:
+                self._pause_reading(action.player, True)
+            elif type(action) is ResumeReading:
+                self._pause_reading(action.player, False)
             else:
                 assert isinstance(action, Close)
                 link = self.links.get(action.player)
@@ -469,6 +477,23 @@ class Server:
             self._snapshot_wanted.set()
         if self.core.deadlines_changed:
             self._tick_wanted.set()
+
+    def _pause_reading(self, connection_id: int, paused: bool) -> None:
+        link = self.links.get(connection_id)
+        if link is None or link.reading_paused is paused:
+            return
+        link.reading_paused = paused
+        if link.fd is not None and self._poller is not None:
+            try:
+                if paused:
+                    self._poller.pause(link.fd)
+                else:
+                    self._poller.resume(link.fd)
+            except OSError:
+                pass  # the socket is already closed: nothing to read anyway
+        if not paused:
+            link.reading_resumed.set()
+            link.reading_resumed = trio.Event()
 
     def _store(self, action: Store) -> None:
         try:

@@ -142,7 +142,8 @@ class Counters:
     connections_closed: collections.Counter[str] = attrs.Factory(collections.Counter)
     protocol_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
     messages_refused: collections.Counter[str] = attrs.Factory(collections.Counter)
-    messages_dropped: collections.Counter[str] = attrs.Factory(collections.Counter)
+    # Messages handled late, held back by the rate limit ("flood").
+    messages_delayed: collections.Counter[str] = attrs.Factory(collections.Counter)
     storage_batches: Histogram = attrs.Factory(lambda: Histogram(STORAGE_BUCKETS))
     storage_operations: int = 0
     # Operations that came back failed: "error" (the database raised) or

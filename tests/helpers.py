@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import structlog
 import trio
+from structlog.testing import capture_logs
 
 from netplay.lobbies.classic import Lobby, PlayerState, RoomState
 from netplay.testing import ScriptedClient
@@ -234,3 +235,18 @@ def logging_restored(monkeypatch, module):
         structlog.configure(**saved_config)
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def captured_logs(level: int = logging.INFO) -> Iterator[list[dict[str, Any]]]:
+    """Every log line at ``level`` or above, with the connection's bound context."""
+    previous = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            yield logs
+    finally:
+        structlog.configure(wrapper_class=previous)

@@ -142,6 +142,7 @@ EVERY_SETTING = {
     "unlimited_networks": ("10.0.0.0/8,192.168.0.0/16", ("10.0.0.0/8", "192.168.0.0/16")),
     "max_messages_per_second": ("50", 50.0),
     "message_burst": ("60", 60),
+    "max_held_bytes": ("2048", 2048),
     "max_queued_bytes": ("4096", 4096),
     "shutdown_grace": ("0.25", 0.25),
     "read_coalesce": ("0.0002", 0.0002),

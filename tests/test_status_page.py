@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from netplay.testing import Client046, ScriptedClient, pair_up, start_match
+from netplay.testing import Client046, pair_up, start_match
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_TIMEOUT = 60

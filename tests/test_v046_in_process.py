@@ -70,6 +70,7 @@ async def test_whole_session_login_match_spectator_rematch_leave_and_relogin(aut
         (room,) = lobby["spectatable"]
         assert room["name"] == "bob vs alice" and room["state"] == "playing"
         granted = await carol.spectate(room["roomNumber"])
+        assert granted["match_start"] is True  # a match is running
         replay = granted["replay_of_match_so_far"]["vs"]
         assert replay["seed"] == bob_start["seed"]
         assert (replay["in_buf"], replay["I"]) == ("A3g1", "A1B1")  # run-length form
@@ -208,7 +209,7 @@ async def test_spectator_at_select_waits_for_match_start(autojump_clock):
         carol = connect046(server)
         lobby = await carol.join("carol")
         granted = await carol.spectate(lobby["spectatable"][0]["roomNumber"])
-        assert "replay_of_match_so_far" not in granted
+        assert "replay_of_match_so_far" not in granted and granted["match_start"] is False
         assert granted["win_counts"] == [0, 0]
         start, _ = await start_match046(alice, bob)
         watched = await carol.receive_until("match_start")

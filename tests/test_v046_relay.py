@@ -6,9 +6,9 @@ inputs take the fast path exactly as the full path would have handled them.
 
 from __future__ import annotations
 
-from netplay.actions import Send
+from netplay.actions import PauseReading, ResumeReading, Send
 from netplay.config import Config
-from netplay.core import RELAY_DROPPED, ServerCore
+from netplay.core import ServerCore
 from netplay.framing import messages as m
 from netplay.framing.length3 import Decoder, encode_json
 from netplay.lobbies.v046 import InputRoute
@@ -94,12 +94,19 @@ def test_inputs_the_fast_path_does_not_take():
     assert core.relay_target(first, b"IC", NOW) is None  # the match is over
 
 
-def test_a_046_input_over_the_rate_limit_is_dropped_and_not_recorded():
+def test_a_046_input_over_the_rate_limit_waits_for_the_decoder_path_unrecorded():
     core, first, second, spectator = match_with_spectator(
         Config(max_messages_per_second=0.001, message_burst=4)
     )
     # The burst was spent on the hello, the name, the request and the ready message.
-    assert core.relay_target(first, b"IC", NOW) == RELAY_DROPPED
+    assert core.relay_target(first, b"IC", NOW) is None
     player = core.lobby046.players[first]
     assert player.room is not None and player.room.match is not None
     assert player.room.match.inputs[0] == bytearray()
+    # The decoder path holds it until the bucket has a token, then relays it.
+    assert core.receive(first, b"IC", NOW) == [PauseReading(first)]
+    resume_at = core.next_deadline()
+    assert resume_at > NOW
+    actions = core.tick(resume_at)
+    assert Send(second, b"IC") in actions and actions[-1] == ResumeReading(first)
+    assert player.room.match.inputs[0] == bytearray(b"C")

@@ -23,7 +23,6 @@ import enum
 from typing import Any
 
 from netplay.dialects import v046
-from netplay.dialects.classic import MAX_TEXT_FIELD_LENGTH
 from netplay.errors import RemoteProtocolError
 from netplay.framing import messages as m
 

@@ -312,7 +312,8 @@ class Lobby046(RoomLobby):
             "a_menu_state": self._state_for(first, spectator),
             "b_menu_state": self._state_for(second, spectator),
             "win_counts": list(room.win_counts),
-            "match_start": False,
+            # True while a match runs (the 2022 server always said false).
+            "match_start": match is not None,
             "ranked": match.ranked if match is not None else self.ranked_shown(room),
         }
         if match is None:

@@ -107,8 +107,9 @@ class ServerCollector(Collector):
             "reason", counters.messages_refused,
         )
         yield _counter_by(
-            "netplay_messages_dropped", "Messages dropped unread, by reason (flood: rate limit).",
-            "reason", counters.messages_dropped, ("flood",),
+            "netplay_messages_delayed",
+            "Messages held back and handled late, by reason (flood: rate limit).",
+            "reason", counters.messages_delayed, ("flood",),
         )
 
         started = CounterMetricFamily(

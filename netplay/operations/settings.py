@@ -308,10 +308,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unlimited_networks", "list", network_list,
             "networks exempt from --max-connections-per-ip; an empty list exempts none", "LIST"),
     Setting("max_messages_per_second", "float", positive_number,
-            "messages a connection may send per second on average; excess ones are "
-            "dropped", "N"),
+            "messages a connection may send per second on average (an input counts "
+            "1/32); excess ones wait, never dropped", "N"),
     Setting("message_burst", "int", integer_in(1, 10_000_000),
             "messages a connection may send at once above the average", "N"),
+    Setting("max_held_bytes", "int", integer_in(1024, 1 << 30),
+            "bytes of messages waiting for the rate limit; past it the sender is closed "
+            "(message_flood)", "BYTES"),
     Setting("max_queued_bytes", "int", integer_in(1024, 1 << 40),
             "bytes waiting to be sent to one client; a client that does not read past it "
             "is dropped", "BYTES"),
