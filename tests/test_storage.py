@@ -33,8 +33,10 @@ def test_every_login_outcome(database):
     first = login(database, None, "alice")
     user_id = first.user_id
     assert login(database, user_id, "alice") == storage.LoginOutcome(
-        LoginResult.WELCOME_BACK, user_id=user_id, public_id=first.public_id
+        LoginResult.WELCOME_BACK, user_id=user_id, public_id=first.public_id,
+        standing=storage.Standing(),
     )
+    assert first.standing == storage.Standing()  # read with the login, never a second query
     assert login(database, None, "ALICE").result is LoginResult.NAME_TAKEN
     assert login(database, "999", "bob").result is LoginResult.UNKNOWN_ID
     renamed = login(database, user_id, "alicia")

@@ -99,6 +99,10 @@ class LoginOutcome:
     expires_at: float | None = None  # when BANNED: wall-clock end of the ban, None for never
     # The player's public id, once logged in: unique, stable, not a secret.
     public_id: int | None = None
+    # Their ranked standing, read with the login: known from the moment the
+    # reply is sent, so nothing the server says later depends on when a
+    # second query came back.
+    standing: Standing | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -597,7 +601,8 @@ class SqliteStorage:
                 except sqlite3.IntegrityError:
                     continue  # the random id is taken; draw another
                 return LoginOutcome(
-                    LoginResult.NEW_ID, user_id=user_id, public_id=self._public_id(user_id)
+                    LoginResult.NEW_ID, user_id=user_id, public_id=self._public_id(user_id),
+                    standing=self._standing(user_id),
                 )
         row = db.execute(
             "SELECT name FROM players WHERE user_id = ?", (login.user_id,)
@@ -617,12 +622,16 @@ class SqliteStorage:
             (login.name, key, at, login.user_id),
         )
         public_id = self._public_id(login.user_id)
+        standing = self._standing(login.user_id)
         if stored_name != login.name:
             return LoginOutcome(
                 LoginResult.RENAMED, user_id=login.user_id, old_name=stored_name,
-                public_id=public_id,
+                public_id=public_id, standing=standing,
             )
-        return LoginOutcome(LoginResult.WELCOME_BACK, user_id=login.user_id, public_id=public_id)
+        return LoginOutcome(
+            LoginResult.WELCOME_BACK, user_id=login.user_id, public_id=public_id,
+            standing=standing,
+        )
 
     def _public_id(self, user_id: str) -> int:
         """The player's public id, given on first use (players imported later have none yet)."""

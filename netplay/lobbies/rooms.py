@@ -393,6 +393,16 @@ class RoomLobby:
             return [Send(player.id, self._render_leaderboard(player, outcome))]
         raise LocalProtocolError(f"no use for the outcome of {operation!r}")
 
+    def standing_known(self, player: Player, outcome: storage.LoginOutcome) -> list[Action]:
+        """A login's standing; asked for separately from a storage that did not give it."""
+        if outcome.standing is None:
+            assert outcome.user_id is not None
+            return [Store(player.id, storage.RankedProfiles((outcome.user_id,)))]
+        player.standing = outcome.standing
+        if ratings.public_player_data(player.standing) is not None:
+            self.version += 1  # the lobby list shows it
+        return []
+
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do (infinity: never)."""
         return min(self.decisions_due.values(), default=math.inf)

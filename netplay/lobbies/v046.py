@@ -170,11 +170,10 @@ class Lobby046(RoomLobby):
             else:
                 reply = d.login_successful()
             sends: list[Action] = [Send(player.id, _json(reply))]
+            asked = self.standing_known(player, outcome)  # before the lobby shows it
             if player.state is PlayerState.LOBBY:
                 sends += self._lobby_state_to([player], stale_ok=True)
-            assert outcome.user_id is not None
-            sends.append(Store(player.id, storage.RankedProfiles((outcome.user_id,))))
-            return sends
+            return sends + asked
         player.login = LoginState.REFUSED
         log.info("login_denied", **context, detail=outcome.reason)
         if result is storage.LoginResult.NAME_TAKEN:

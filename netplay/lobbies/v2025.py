@@ -252,10 +252,9 @@ class Lobby2025(RoomLobby):
         self.version += 1
         log.info("login_succeeded", **context, public_id=outcome.public_id)
         sends: list[Action] = [Send(player.id, self._render_login_approved(player, outcome))]
+        asked = self.standing_known(player, outcome)  # before the lobby shows it
         # At once: the client shows the lobby only once it has the list.
-        sends += self._lobby_state_to([player], stale_ok=True)
-        assert outcome.user_id is not None
-        sends.append(Store(player.id, storage.RankedProfiles((outcome.user_id,))))
+        sends += self._lobby_state_to([player], stale_ok=True) + asked
         for command in held:
             try:
                 sends += self.handle(player.id, command, now)
