@@ -62,6 +62,10 @@ PINGS = {Dialect.DOCUMENT: DOCUMENT_PING, Dialect.V2025: endmarker.PING}
 # The 2022 client counts pings and logs in only before its third: never
 # more than one a second, whatever the ping interval.
 V046_MIN_PING_INTERVAL = 1.0
+# The 2023-2025 clients answer nothing while they load a match (a spectator
+# joining loads both players' characters and stages): 5 s on a quiet machine,
+# over 11 s on a busy one.  They are not dropped before this much silence.
+V2025_MIN_IDLE_TIMEOUT = 15.0
 
 # Per connection, at most this many lines about refused messages per window.
 REFUSAL_LOG_LINES = 3
@@ -189,11 +193,12 @@ class ServerCore:
             )
         return self._leave_lobby(connection)
 
-    def _leave_lobby(self, connection: Connection) -> list[Action]:
+    def _leave_lobby(self, connection: Connection, reason: str | None = None) -> list[Action]:
+        """``reason``: why the server closes it (None: the connection failed or ended)."""
         if connection.dialect is Dialect.V046:
             return self.lobby046.disconnect(connection.id)
         if connection.dialect is Dialect.V2025:
-            return self.lobby2025.disconnect(connection.id)
+            return self.lobby2025.disconnect(connection.id, reason)
         return self.lobby.disconnect(connection.id)  # type: ignore[return-value]
 
     def request_close(self, connection_id: int, reason: str) -> list[Action]:
@@ -454,7 +459,7 @@ class ServerCore:
         """Leave the lobby now (the opponent learns at once); the edge closes after flushing."""
         phase, connection.phase = connection.phase, Phase.CLOSING
         if phase is Phase.OPEN:
-            actions.extend(self._leave_lobby(connection))
+            actions.extend(self._leave_lobby(connection, reason))
             if connection.dialect is Dialect.V046:
                 # The 2022 client notices a close only when data comes with
                 # it; without this last frame it would hang on its screen.
@@ -556,7 +561,10 @@ class ServerCore:
         silent_since = connection.last_received
         # Every rule compares ``now`` with the very deadline it returns, so a
         # call at the returned time always acts (no rounding gap to spin in).
-        idle_deadline = silent_since + config.idle_timeout
+        idle_timeout = config.idle_timeout
+        if connection.dialect is Dialect.V2025 and idle_timeout < V2025_MIN_IDLE_TIMEOUT:
+            idle_timeout = V2025_MIN_IDLE_TIMEOUT
+        idle_deadline = silent_since + idle_timeout
         if now >= idle_deadline:
             log.info("connection_idle", silent_for=round(now - silent_since, 3))
             return self._closing(connection, [], "idle_timeout"), math.inf

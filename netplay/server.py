@@ -123,6 +123,11 @@ class Link:
     sending: bool = False
     # The lobby snapshot still waiting in ``queue``, if any.
     queued_snapshot: bytes | None = None
+    # Ended by the server (a write found the peer gone, or it was dropped):
+    # nothing more is read or written, the lobby is told (see ``_end``).
+    broken: bool = False
+    # The lobby has been told and the end recorded.
+    ended: bool = False
     # Set while the core holds this connection's messages for the rate limit:
     # nothing more is read, so the client's socket buffers push back.
     reading_paused: bool = False
@@ -192,6 +197,10 @@ class Server:
         self._last_snapshot = -math.inf
         self._shutdown = trio.Event()
         self._poller: poller.ReadPoller | None = None
+        # Connections ended by the server, for the lobby to learn (``_end``),
+        # and how deep we are in carrying out actions.
+        self._ending: list[Link] = []
+        self._executing = 0
         self.port: int | None = None
 
     # -- running ------------------------------------------------------------
@@ -290,8 +299,9 @@ class Server:
             link.dead = True
             reason = link.close_reason or reason
             self.counters.connections_closed[reason] += 1
-            if self.recorder is not None:
+            if self.recorder is not None and not link.ended:
                 self.recorder.closed(connection_id, reason, trio.current_time())
+            link.ended = True
             self._execute(self.core.close_connection(connection_id))
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
@@ -325,6 +335,8 @@ class Server:
         latency = traffic.relay_latency["direct"]
 
         def on_bytes(data: bytes | None, now: float) -> None:
+            if link.broken:
+                return  # ended by the server: what its peer still sent is moot
             try:
                 if data and self.recorder is None:
                     # The per-frame path, kept free of everything else.
@@ -357,6 +369,8 @@ class Server:
 
     def _on_bytes(self, link: Link, data: bytes | None, now: float) -> None:
         """What the reader got: bytes, b"" at end of stream, None when reset."""
+        if link.broken:
+            return  # ended by the server: what its peer still sent is moot
         core, recorder = self.core, self.recorder
         if data is None:
             link.close_reason = link.close_reason or "connection_reset"
@@ -397,11 +411,17 @@ class Server:
     def _relay(self, route: InputRoute, data: bytes) -> None:
         """One 046 input: to the opponent as it came, to each spectator as ``U``/``I``."""
         deliver = self._deliver
-        deliver(route.opponent, data)
-        if route.spectators:
-            as_spectator = route.as_spectators[data[1]]
-            for spectator in route.spectators:
-                deliver(spectator, as_spectator)
+        self._executing += 1  # a connection that fails here ends after the whole relay
+        try:
+            deliver(route.opponent, data)
+            if route.spectators:
+                as_spectator = route.as_spectators[data[1]]
+                for spectator in route.spectators:
+                    deliver(spectator, as_spectator)
+        finally:
+            self._executing -= 1
+        if self._ending and not self._executing:
+            self._settle()
 
     def _receive(self, link: Link, data: bytes, now: float) -> None:
         """Bytes that are not a lone relayed input: decode and act on every message."""
@@ -433,8 +453,7 @@ class Server:
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                link.close_reason = link.close_reason or "connection_reset"
-                link.cancel_scope.cancel()
+                self._broken(link)
                 return
             finally:
                 link.sending = False
@@ -459,6 +478,15 @@ class Server:
     # -- carrying out the core's decisions ----------------------------------------
 
     def _execute(self, actions: list[Action]) -> None:
+        self._executing += 1
+        try:
+            self._execute_each(actions)
+        finally:
+            self._executing -= 1
+        if self._ending and not self._executing:
+            self._settle()
+
+    def _execute_each(self, actions: list[Action]) -> None:
         for action in actions:
             if type(action) is Send:
                 self._deliver(action.player, action.data, action.snapshot)
@@ -579,6 +607,9 @@ class Server:
         link = self.links.get(connection_id)
         if link is None or link.dead:
             return
+        if link.broken:
+            self._discard(link, data)
+            return
         traffic = self._traffic
         letter = data[0]
         traffic.sent_messages[letter] += 1
@@ -595,7 +626,8 @@ class Server:
             except BlockingIOError:
                 written = 0
             except OSError:
-                self._drop(link, "connection_reset", quiet=True)
+                self._broken(link)
+                self._discard(link, data)
                 return
             if written and self.recorder is not None:
                 self.recorder.sent(connection_id, data[:written], trio.current_time())
@@ -625,15 +657,53 @@ class Server:
             )
         link.data_ready.set()
 
+    def _broken(self, link: Link) -> None:
+        """A write found the peer gone: the connection ends as if it had reset."""
+        self._end(link, "connection_reset")
+
+    def _end(self, link: Link, reason: str) -> None:
+        """End a connection now, without flushing; the lobby learns at :meth:`_settle`.
+
+        Not in the middle of whatever the write that failed was part of (the
+        relay of one input to a room, say): when that is done, as if the
+        connection had ended between two events.  A recording then holds the
+        end where it took effect, and a replay reproduces the order.
+        """
+        if link.broken:
+            return
+        link.broken = True
+        link.close_reason = link.close_reason or reason
+        link.queue.clear()
+        link.queued_bytes = 0
+        link.queued_snapshot = None
+        link.cancel_scope.cancel()
+        self._ending.append(link)
+        if not self._executing:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Tell the lobby of the connections :meth:`_end` ended, and record their end."""
+        while self._ending:
+            link = self._ending.pop(0)
+            if link.ended:
+                continue
+            link.ended = True
+            if self.recorder is not None:
+                self.recorder.closed(link.id, link.close_reason or "ended", trio.current_time())
+            self._execute(self.core.close_connection(link.id))
+
+    def _discard(self, link: Link, data: bytes) -> None:
+        """Data for a connection whose peer has gone, until the lobby knows."""
+        if self.recorder is not None:
+            # Sent, as far as the server knows; a replay, whose client is
+            # still there, receives it.
+            self.recorder.sent(link.id, bytes(data), trio.current_time())
+
     def _drop(self, link: Link, reason: str, *, quiet: bool = False, **context: Any) -> None:
         """End a connection now, without flushing, and tell its opponent."""
         if not quiet:
             log.warning("connection_dropped", dropped=link.id, reason=reason, **context)
-        link.dead = True
-        link.close_reason = reason
-        link.queue.clear()
-        link.cancel_scope.cancel()
-        self._execute(self.core.close_connection(link.id))
+        self._end(link, reason)
 
     async def _snapshot_loop(self) -> None:
         """Broadcast lobby snapshots, coalescing the changes of each interval.

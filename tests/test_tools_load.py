@@ -210,3 +210,27 @@ def test_loadgen_prints_progress_lines_on_stderr_while_it_runs(server):
     assert len(progress) >= 2, completed.stderr
     assert any("inputs sent" in line for line in progress)
     json.loads(completed.stdout)  # stdout keeps only the report
+
+
+def test_a_recording_of_a_loaded_server_replays_in_process(tmp_path, start_server):
+    """Matches, spectators, finished games and everyone leaving at once, recorded by
+    the server under load, replay byte for byte in process."""
+    from netplay.recording.record import read_session
+    from netplay.recording.replay import replay_in_process_sync
+
+    directory = tmp_path / "recorded"
+    server = start_server("--record", str(directory), "--seed", "5")
+    [report] = run_tool(
+        "loadgen.py", "--port", server.port, "--matches", 6, "--dialect", "046",
+        "--spectators-per-match", 2, "--finish-matches", 3, "--finish-at", 0.5,
+        "--warmup", 0.3, "--duration", 1.5, timeout=60,
+    )
+    assert report["matches_ready"] == 6 and report["lost"] == 0
+    assert server.stop() == 0
+    [path] = directory.glob("*.session")
+    session = read_session(str(path))
+    closes = [event.text for event in session.events if event.kind == "close"]
+    assert len(closes) == 6 * 4 and "server_shutdown" not in closes
+    result = replay_in_process_sync(session)
+    assert result.ok, result.report()
+    assert result.messages > 6 * 2 * 60

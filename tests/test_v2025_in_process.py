@@ -6,7 +6,13 @@ import pytest
 import trio
 
 from netplay.config import Config
-from netplay.testing import connect046, connect2025, connect_in_process, running_server
+from netplay.testing import (
+    ConnectionClosed,
+    connect046,
+    connect2025,
+    connect_in_process,
+    running_server,
+)
 
 
 async def logged_in(server, name, version="004", **options):
@@ -293,3 +299,24 @@ async def test_beta_settings_sent_outside_a_room_are_kept_and_stable_ones_are_no
         assert settings["alice"]["loaded"] is False
         assert "panels" not in settings["bob"] and "loaded" not in settings["bob"]
         assert b_room["b_menu_state"]["panels_dir"] == "pdp_ta_common"  # alice is player 2
+
+
+async def test_beta_logout_is_worded_as_a_logout_to_the_opponent(autojump_clock):
+    async with running_server() as server:
+        alice, _ = await logged_in(server, "alice", "005")
+        bob, _ = await logged_in(server, "bob", "005")
+        await pair(alice, bob)
+        await alice.logout()
+        assert await bob.receive_until("leaveRoom") == {"reason": "alice logged out"}
+
+
+async def test_a_silent_2025_client_is_pinged_and_dropped_only_after_15_seconds(autojump_clock):
+    async with running_server() as server:  # idle_timeout 10 s for everyone else
+        client = connect2025(server, answer_pings=False)
+        await client.login("loader")
+        started = trio.current_time()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await client.receive(timeout=60)
+        assert trio.current_time() - started == pytest.approx(15.0, abs=0.1)
+        assert client.pings >= 10  # an E after each second of silence

@@ -113,11 +113,10 @@ class SessionWriter:
     reading that becomes time 0.
 
     Times never go backwards in the file: an event stamped earlier than the
-    one before it is written with the earlier event's time.  The server stamps
-    every read of one poller wake-up with the time of the wake-up, while what
-    it writes in between is stamped when written, a few microseconds later;
-    the reads are what comes first, so they keep their order and take the
-    later time.
+    one before it is written with the earlier event's time.  The server
+    stamps each read when it reads it and each write when it writes it, so
+    this only evens out clock readings taken in a different order than the
+    events were recorded.
     """
 
     def __init__(self, settings: dict[str, Any], start: float) -> None:

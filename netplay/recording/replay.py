@@ -35,6 +35,7 @@ is not compared.
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from typing import Any, Callable
@@ -59,6 +60,10 @@ IN_PROCESS_TOLERANCE = 0.0001
 # How close (seconds) two recorded events must be to count as simultaneous:
 # a few wake-ups of the server's poller, as a proxy busy relaying sees them.
 SIMULTANEOUS_SECONDS = 0.005
+# How late a loaded server's heartbeat may have run: a ping the replay sends
+# (its timers are exact) that the recording lacks, because the connection
+# spoke or ended this soon after the ping was due, is the same story.
+LATE_TIMER_SECONDS = 0.05
 # After the last event, how long the lobby lists may take to reach the state
 # the recording ends with (beyond the snapshot delay, in process).
 FINAL_LOBBY_SECONDS = 0.2
@@ -354,6 +359,8 @@ class _Expected:
     # The lobby this connection was last shown, when the recording ends settled
     # with the connection still open in the lobby: the replay must end there too.
     final_list: _Message | None = None
+    # When the client did something (sent, half-closed, closed), in order.
+    client_times: list[float] = attrs.Factory(list)
 
     def add(self, raw: bytes, moment: float) -> None:
         message = _Message(raw, moment, self.count)
@@ -410,7 +417,7 @@ def plan(events: tuple[Event, ...], *, heartbeats: bool) -> _Plan:
             needed_before.append(needed())
             client_events.append(event)
             last_client_event = position
-            expected.setdefault(event.connection, _Expected())
+            expected.setdefault(event.connection, _Expected()).client_times.append(event.time)
             if event.kind == "close":
                 closed.add(event.connection)
     for connection, recorded in expected.items():
@@ -443,6 +450,7 @@ class _Received:
     # Recorded messages that arrived ahead of an earlier one of the same instant.
     _early: set[int] = attrs.Factory(set)
     early_matches: int = 0
+    late_pings: int = 0  # pings a loaded recorded server had not sent yet (LATE_TIMER_SECONDS)
 
     def check(self, raw: bytes, now: float) -> Divergence | None:
         """Compare one whole message; return the divergence if it is one."""
@@ -454,12 +462,16 @@ class _Received:
             self._early.discard(self.matched)
             self.matched += 1
         if self.matched >= len(messages):
+            if self._ping_overtaken(raw, now):
+                return None
             return Divergence(self.connection, self.expected.count, None, raw, now,
                               "unexpected_message")
         expected = messages[self.matched]
         if not same_event(expected.raw, raw, exact=self.exact):
             later = self._simultaneous_match(raw)
             if later is None:
+                if self._ping_overtaken(raw, now):
+                    return None
                 return Divergence(self.connection, expected.index, expected.raw, raw, now,
                                   "message_differs", expected.time)
             self._early.add(later)
@@ -472,6 +484,19 @@ class _Received:
             self._early.discard(self.matched)
             self.matched += 1
         return None
+
+    def _ping_overtaken(self, raw: bytes, now: float) -> bool:
+        """A ping due just before the client spoke or left, in the recording
+        after it: the recorded server's heartbeat ran late, and the client's
+        event came first.  Anything else unexpected stays a divergence."""
+        if not is_heartbeat(raw):
+            return False
+        times = self.expected.client_times
+        position = bisect.bisect_left(times, now)
+        if position < len(times) and times[position] - now <= LATE_TIMER_SECONDS:
+            self.late_pings += 1
+            return True
+        return False
 
     def _simultaneous_match(self, raw: bytes) -> int | None:
         """A later recorded message equal to ``raw`` and recorded at the same instant
