@@ -358,13 +358,25 @@ class ServerCore:
             command = dialect046.parse_command(
                 frame.payload, registered=lobby.is_registered(connection.id)
             )
-            if type(command) is m.Logout:
-                log.info("logout")
-                self._closing(connection, actions, "logout")
-                return
-            actions.extend(lobby.handle(connection.id, command, now))
+            self._command(connection, lobby, command, actions, now)
         except RemoteProtocolError as error:
             self._log_refusal(connection, error, now)
+
+    def _command(
+        self, connection: Connection, lobby: Lobby046 | Lobby2025, command: Any,
+        actions: list[Action], now: float,
+    ) -> None:
+        """A parsed command of a lobby with logins: the ones that end the connection, or the lobby's."""
+        kind = type(command)
+        if kind is m.Logout:
+            log.info("logout")
+            self._closing(connection, actions, "logout")
+        elif kind is m.ErrorReport:
+            # The client crashed: it sends its error and gives up the connection.
+            log.warning("client_error_report", size=command.size)
+            self._closing(connection, actions, "client_error_report")
+        else:
+            actions.extend(lobby.handle(connection.id, command, now))
 
     def _dispatch2025(
         self, connection: Connection, frame: Any, actions: list[Action], now: float
@@ -379,17 +391,7 @@ class ServerCore:
                 raise RemoteProtocolError(
                     "message_not_in_dialect", fatal=False, message=kind.__name__
                 )
-            command = dialect2025.parse_command(frame.payload)
-            if type(command) is m.Logout:
-                log.info("logout")
-                self._closing(connection, actions, "logout")
-                return
-            if type(command) is m.ErrorReport:
-                # The client crashed: it sends its error and gives up the connection.
-                log.warning("client_error_report", size=command.size)
-                self._closing(connection, actions, "client_error_report")
-                return
-            actions.extend(lobby.handle(connection.id, command, now))
+            self._command(connection, lobby, dialect2025.parse_command(frame.payload), actions, now)
         except RemoteProtocolError as error:
             self._log_refusal(connection, error, now)
 
