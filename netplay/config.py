@@ -103,6 +103,9 @@ class Config:
     # ``http_host`` None listens on ``host``.
     http_port: int | None = None
     http_host: str | None = None
+    # Every address counts here, loopback too: the port has few slots, and a
+    # reverse proxy in front of it is the operator's to allow for.
+    http_max_connections_per_ip: int = 16
 
     def unlimited_ip(self, host: str) -> bool:
         try:

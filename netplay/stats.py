@@ -139,6 +139,7 @@ class Counters:
     connections_opened: int = 0
     # By reason; reasons are names the code chooses, so each set stays small.
     connections_refused: collections.Counter[str] = attrs.Factory(collections.Counter)
+    http_connections_refused: collections.Counter[str] = attrs.Factory(collections.Counter)
     connections_closed: collections.Counter[str] = attrs.Factory(collections.Counter)
     protocol_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
     messages_refused: collections.Counter[str] = attrs.Factory(collections.Counter)

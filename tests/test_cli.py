@@ -148,6 +148,7 @@ EVERY_SETTING = {
     "read_coalesce": ("0.0002", 0.0002),
     "http_port": ("8080", 8080),
     "http_host": ("127.0.0.1", "127.0.0.1"),
+    "http_max_connections_per_ip": ("4", 4),
     "v046_versions": ("045-046", frozenset({"045", "046"})),
     "v2025_versions": ("004-005", frozenset({"004", "005"})),
     "v2025_engine_groups": ("047+048,049", "047+048,049"),

@@ -94,6 +94,11 @@ class ServerCollector(Collector):
             "reason", counters.connections_refused, REFUSAL_REASONS,
         )
         yield _counter_by(
+            "netplay_http_connections_refused",
+            "Connections to the HTTP port refused at once, by limit.",
+            "reason", counters.http_connections_refused, REFUSAL_REASONS,
+        )
+        yield _counter_by(
             "netplay_connections_closed", "Connections ended, by the reason they ended.",
             "reason", counters.connections_closed,
         )

@@ -330,6 +330,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a free one, which the http_listening line says", "PORT", none_means="off"),
     Setting("http_host", "text", non_empty, "address of the HTTP port", "ADDRESS",
             none_means="the same as --host"),
+    Setting("http_max_connections_per_ip", "int", integer_in(1, 64),
+            "HTTP connections at once from one address (any address, loopback too); the "
+            "port takes 64 in all", "N"),
     # The process: its log and its recording.
     Setting("log_format", "text", one_of(LOG_FORMATS), "console or json", "FORMAT",
             none_means="console on a terminal, json otherwise", in_config=False),

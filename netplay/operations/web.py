@@ -3,7 +3,8 @@
 A second trio edge beside ``server``, in the same process and event loop.
 HTTP is parsed by h11 (sans-IO); this module only moves bytes, keeps time
 and picks the response.  It must never harm the game server, so everything
-is bounded: connections (:data:`MAX_CONNECTIONS`), the request head and body
+is bounded: connections (:data:`MAX_CONNECTIONS`, and
+``config.http_max_connections_per_ip`` from one address), the request head and body
 (:data:`MAX_REQUEST_HEAD_BYTES`, :data:`MAX_REQUEST_BODY_BYTES`), the time to
 receive a request (:data:`REQUEST_TIMEOUT`, which ends a slowloris client) and
 to send a response (:data:`SEND_TIMEOUT`), and the requests per connection.
@@ -32,7 +33,7 @@ import trio
 
 from netplay.config import Config
 from netplay.operations import metrics, status
-from netplay.server import Server
+from netplay.server import Server, peer_of
 
 log = structlog.get_logger("netplay.web")
 
@@ -94,6 +95,7 @@ class WebServer:
         self._page_policy = content_security_policy(self._page)
         self._cache: dict[str, tuple[float, bytes]] = {}
         self.connections = 0
+        self._connections_by_host: dict[str, int] = {}
         self.port: int | None = None
 
     async def run(
@@ -124,13 +126,22 @@ class WebServer:
 
     # -- one connection -------------------------------------------------------------
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve HTTP requests on ``stream`` until it ends or a limit is hit.  Owns ``stream``."""
-        if self.connections >= MAX_CONNECTIONS:
-            log.info("http_connection_refused", reason="max_connections", limit=MAX_CONNECTIONS)
+    async def serve_stream(self, stream: trio.abc.Stream, *, host: str | None = None) -> None:
+        """Serve HTTP requests on ``stream`` until it ends or a limit is hit.  Owns ``stream``.
+
+        ``host`` is the peer's address; by default the socket's.
+        """
+        if host is None:
+            host = peer_of(stream)[0]
+        refusal = self._refusal(host)
+        if refusal is not None:
+            reason, limit = refusal
+            log.info("http_connection_refused", reason=reason, limit=limit, host=host)
+            self.server.counters.http_connections_refused[reason] += 1
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        self._connections_by_host[host] = self._connections_by_host.get(host, 0) + 1
         try:
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -140,7 +151,19 @@ class WebServer:
             log.exception("http_connection_failed")
         finally:
             self.connections -= 1
+            if self._connections_by_host[host] == 1:
+                del self._connections_by_host[host]
+            else:
+                self._connections_by_host[host] -= 1
             await trio.aclose_forcefully(stream)
+
+    def _refusal(self, host: str) -> tuple[str, int] | None:
+        if self.connections >= MAX_CONNECTIONS:
+            return ("max_connections", MAX_CONNECTIONS)
+        per_address = self.server.config.http_max_connections_per_ip
+        if self._connections_by_host.get(host, 0) >= per_address:
+            return ("max_connections_per_ip", per_address)
+        return None
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
