@@ -462,6 +462,16 @@ class Client2025:
     async def logout(self) -> None:
         await self.send_json({"logout": True})
 
+    async def expect_closed(self, *, timeout: float = 15.0) -> list[Any]:
+        """Read until the server closes; return the frames (pings answered) that came before."""
+        frames = []
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    frames.append(await self.receive(timeout=math.inf))
+                except ConnectionClosed:
+                    return frames
+
     async def receive_inputs(self, letter: str, count: int, *, timeout: float = 5.0) -> list[bytes]:
         received = self.inputs_received[letter]
         with trio.fail_after(timeout):

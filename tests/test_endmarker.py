@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netplay.errors import RemoteProtocolError
-from netplay.framing import endmarker
+from netplay.framing import endmarker, length3
 from netplay.framing import messages as m
 from netplay.framing.endmarker import MARKER, Decoder, MarkedInput
 from netplay.framing.length3 import Direction
@@ -154,3 +154,52 @@ def test_any_split_of_any_stream_decodes_to_the_same_messages(messages, data):
         pieces += decoder.frames()
     assert pieces == whole
     assert decoder.buffered == 0
+
+
+# -- either framing, as tools read a recording --------------------------------------------
+
+
+older_messages = st.one_of(
+    st.just(b"ELOL"),
+    st.builds(
+        lambda payload: length3.encode_json(payload),
+        st.dictionaries(st.text(max_size=8), st.integers(), max_size=3),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(older_messages, max_size=6), st.lists(client_messages, max_size=8), st.data())
+def test_either_decoder_reads_lengths_then_markers_from_the_first_marked_json(
+    before, after, data
+):
+    marked = [endmarker.encode_json({"login_request": True}), *after]
+    stream = b"H004" + b"".join(before) + b"".join(marked)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = endmarker.EitherDecoder()
+    frames = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        decoder.receive_data(stream[previous:cut])
+        previous = cut
+        frames += decoder.frames()
+    expected = [
+        m.Hello("004"),
+        *length3_frames(b"".join(before)),
+        *decode_all(b"".join(marked)),
+    ]
+    assert frames == expected
+    assert decoder.marked and decoder.buffered == 0
+
+
+def length3_frames(stream: bytes) -> list:
+    decoder = length3.Decoder()
+    decoder.receive_data(stream)
+    return decoder.frames()
+
+
+def test_either_decoder_keeps_3_byte_lengths_for_an_older_client():
+    decoder = endmarker.EitherDecoder()
+    decoder.receive_data(b"H004" + length3.encode_json({"name": "old"}) + b"E")
+    assert decoder.frames()[:2] == [m.Hello("004"), m.Json({"name": "old"})]
+    assert not decoder.marked

@@ -19,6 +19,7 @@ from helpers import (
 )
 
 from netplay.framing import messages as m
+from netplay.framing.endmarker import MARKER
 from netplay.recording.record import (
     Event,
     Session,
@@ -77,7 +78,7 @@ def alter_sent_byte(session: Session, connection: int, message: bytes, offset: i
 
 def test_the_corpus_is_there():
     assert [p.stem for p in SESSIONS] == [
-        "classic_match", "dialect_046", "disconnects", "document_dialect",
+        "classic_match", "dialect_046", "dialect_2025", "disconnects", "document_dialect",
         "handshake_and_names", "heartbeat", "real_clients_046",
     ]
     assert all(p.stat().st_size < 96 * 1024 for p in SESSIONS)
@@ -119,13 +120,44 @@ def test_the_corpus_covers_every_message_of_both_dialects():
     assert closes >= {"end_of_stream", "idle_timeout", "version_refused"}
 
 
+def test_the_corpus_covers_the_2025_dialect_beside_a_2013_client():
+    session = corpus("dialect_2025")
+    assert kinds_of_server_messages(session) >= {
+        "H", "E", "I", "U", "J:unpaired", "J:login_successful", "J:new_user_id",
+        "J:login_denied", "J:create_room", "J:match_start", "J:win_counts",
+        "J:character_select", "J:leave_room", "J:type:loginResponse", "J:type:lobbyState",
+        "J:type:challenge", "J:type:createRoom", "J:type:matchStart",
+        "J:type:spectateRequestGranted", "J:type:gameResult", "J:type:gameAbort",
+        "J:type:leaveRoom", "J:type:taunt",
+    }
+    # The 2013 client on the same H004 kept its 3-byte lengths.
+    first = [e.data for e in session.events if e.connection == 1 and e.kind == "recv"][0]
+    assert first.startswith(b"H004J\x00")
+    assert {e.text for e in session.events if e.kind == "close"} >= {
+        "end_of_stream", "logout", "json_frame_too_long",
+    }
+
+
+async def test_one_changed_byte_in_a_2025_input_is_reported_exactly(autojump_clock):
+    session = corpus("dialect_2025")
+    altered = alter_sent_byte(session, 3, b"IA" + MARKER, 1)
+    result = await replay_in_process(altered)
+    assert not result.ok
+    divergence = result.divergence
+    assert divergence.connection == 3 and divergence.reason == "message_differs"
+    assert describe_message(divergence.expected) == "I1" + MARKER.decode()
+
+
 def kinds_of_server_messages(session: Session) -> set[str]:
     """Letters, and ``J:key`` for every key of every JSON object, the server sent."""
     kinds: set[str] = set()
     for connection in session.connections():
         for raw in sent_messages(session, connection):
             if raw[:1] == b"J":
-                kinds |= {f"J:{key}" for key in json.loads(raw[4:])}
+                body = json.loads(raw[1:-len(MARKER)] if raw[:2] == b"J{" else raw[4:])
+                kinds |= {f"J:{key}" for key in body}
+                if "type" in body:
+                    kinds.add(f"J:type:{body['type']}")
             else:
                 kinds.add(raw[:1].decode())
     return kinds

@@ -47,7 +47,7 @@ from netplay.recording.record import (
 )
 from netplay.recording.replay import replay_in_process_sync
 from netplay.server import Server
-from netplay.testing import Client046, ScriptedClient, hello046
+from netplay.testing import Client046, Client2025, ScriptedClient, hello046
 
 SEED = 20240611
 STEP = 0.05
@@ -573,6 +573,95 @@ async def dialect_046(scene: Scene) -> None:
         await actor.close()
 
 
+class Actor2025(Client2025):
+    """A 2023-2025 client whose every send waits for its turn on the grid."""
+
+    def __init__(self, scene: Scene, stream: trio.abc.Stream, version: str) -> None:
+        super().__init__(stream, version=version)
+        self.scene = scene
+
+    async def send(self, data: bytes) -> None:
+        await self.scene.step()
+        await super().send(data)
+
+    def kind(self, typed: str, plain: str) -> str:
+        return typed if self.version >= "005" else plain
+
+
+async def join2025(scene: Scene, name: str, version: str, **login: Any) -> tuple[Actor2025, Any]:
+    await scene.step()
+    client_end, server_end = trio.testing.memory_stream_pair()
+    scene.server.open_stream(server_end, ("127.0.0.1", scene._next_port))
+    scene._next_port += 1
+    actor = Actor2025(scene, client_end, version)
+    return actor, await actor.login(name, **login)
+
+
+async def dialect_2025(scene: Scene) -> None:
+    """The 2023-2025 clients, stable (004) and beta (005), beside a 2013 client
+    on the same H004: logins (new, returning, wrong engine), a challenge and a
+    room, ready, a match with inputs, a beta spectator joining mid-match
+    (replay so far, U/I), a taunt, results and win counts, a beta game abort,
+    leaving, logout, and a body that never ends."""
+    old = await scene.join("old", version="004")
+    await old.expect_lobby("old")
+    amy, amy_login = await join2025(scene, "amy", "004")
+    amy_id = amy_login["new_user_id"]
+    ben, _ = await join2025(scene, "ben", "005")
+    wrong, denied = await join2025(scene, "wry", "004", engine_version="046")
+    assert denied.get("login_denied") is True, denied
+    await wrong.aclose()
+    await amy.request_game("ben")
+    await ben.receive_until("challenge")
+    await ben.request_game("amy")
+    await amy.receive_until("create_room")
+    await ben.receive_until("createRoom")
+    await amy.menu_state(ready=True)
+    await ben.menu_state(ready=True)
+    await amy.receive_until("match_start")
+    await ben.receive_until("matchStart")
+    await ben.send_inputs("AAAB")
+    await amy.send_inputs("AC")
+    await amy.receive_inputs("I", 4)
+    await ben.receive_inputs("I", 2)
+    cat, _ = await join2025(scene, "cat", "005")
+    lobby = await cat.receive_until("lobbyState")
+    await cat.spectate(lobby["spectatable"][0]["roomNumber"])
+    await ben.send_json({"taunt": True, "type": "taunt_ups", "index": 1})
+    await ben.send_inputs("D")
+    await amy.send_inputs("E")
+    await cat.receive_inputs("U", 1)
+    await cat.receive_inputs("I", 1)
+    await amy.game_over(1)
+    await ben.game_over(1)
+    await amy.receive_until("win_counts")
+    for client in (ben, cat):
+        await client.receive_until("gameResult")
+    await amy.menu_state(ready=True)
+    await ben.menu_state(ready=True)
+    await amy.receive_until("match_start")
+    await ben.receive_until("matchStart")
+    await ben.send_json({"type": "matchAbort"})
+    await amy.receive_until("character_select")
+    await cat.leave_room()
+    await cat.receive_until("lobbyState")
+    await amy.leave_room()
+    await ben.receive_until("leaveRoom")
+    await amy.logout()
+    await amy.expect_closed(timeout=30)
+    await amy.aclose()
+    again, reply = await join2025(scene, "amy", "004", user_id=amy_id)
+    assert "new_user_id" not in reply, reply
+    # A body without its end marker, longer than any message may be.
+    endless, _ = await join2025(scene, "eve", "004")
+    await endless.send(b"J{" + b"x" * 20_000)
+    await endless.expect_closed(timeout=30)
+    await endless.aclose()
+    for actor in (again, ben, cat):
+        await actor.aclose()
+    await old.close()
+
+
 SCENARIOS: dict[str, Callable[[Scene], Awaitable[None]]] = {
     "handshake_and_names": handshake_and_names,
     "classic_match": classic_match,
@@ -580,6 +669,7 @@ SCENARIOS: dict[str, Callable[[Scene], Awaitable[None]]] = {
     "disconnects": disconnects,
     "heartbeat": heartbeat,
     "dialect_046": dialect_046,
+    "dialect_2025": dialect_2025,
 }
 
 

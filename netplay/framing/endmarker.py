@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from netplay.errors import LocalProtocolError, RemoteProtocolError
+from netplay.framing import length3
 from netplay.framing import messages as m
 from netplay.framing.length3 import DEFAULT_MAX_JSON_LENGTH, Direction, parse_json_body
 
@@ -214,6 +215,57 @@ class Decoder:
             if end > 65536:  # keep a long-lived buffer from holding old bytes
                 del self._buffer[:end]
                 self._start = 0
+
+
+FIRST_MARKED_JSON = b"J{"
+
+
+class EitherDecoder:
+    """Decodes a recorded stream of either framing: 3-byte lengths until a message starts ``J{``.
+
+    On one port, the end-marker clients and the older ones both begin with
+    ``H`` + 3 digits; the first JSON message tells them apart (``J{`` cannot
+    begin a 3-byte length we accept).  From that message on, this decoder
+    reads end markers.  For tools reading both directions of a recording;
+    the server itself chooses with ``core``.
+    """
+
+    __slots__ = ("_inner", "_direction", "_max_length", "marked")
+
+    def __init__(
+        self,
+        direction: Direction = Direction.CLIENT_TO_SERVER,
+        *,
+        max_length: int = length3.MAX_JSON_LENGTH_ON_WIRE,
+    ) -> None:
+        self._direction = direction
+        self._max_length = max_length
+        self._inner: length3.Decoder | Decoder = length3.Decoder(
+            direction, max_json_length=max_length
+        )
+        self.marked = False
+
+    @property
+    def buffered(self) -> int:
+        return self._inner.buffered
+
+    def receive_data(self, data: bytes) -> None:
+        self._inner.receive_data(data)
+
+    def next_frame(self) -> Any:
+        inner = self._inner
+        if isinstance(inner, length3.Decoder) and inner.peek(2) == FIRST_MARKED_JSON:
+            rest = inner.take_buffered()
+            self._inner = Decoder(self._direction, max_body_length=self._max_length)
+            self._inner.receive_data(rest)
+            self.marked = True
+        return self._inner.next_frame()
+
+    def frames(self) -> list[Any]:
+        result = []
+        while (frame := self.next_frame()) is not None:
+            result.append(frame)
+        return result
 
 
 # ---------------------------------------------------------------------------

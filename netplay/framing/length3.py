@@ -229,6 +229,10 @@ class Decoder:
         self._consume(end)
         return self._make(letter, message)
 
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` of the bytes not yet decoded, leaving them buffered."""
+        return bytes(self._buffer[self._start : self._start + size])
+
     def take_buffered(self) -> bytes:
         """Hand over the bytes not yet decoded (to another decoder), leaving none."""
         rest = bytes(self._buffer[self._start:])

@@ -47,8 +47,9 @@ import trio.testing
 from netplay.accounts import storage
 from netplay.dialects.v046 import NEW_USER_ID_REQUEST
 from netplay.errors import RemoteProtocolError
+from netplay.framing import endmarker
 from netplay.framing import messages as m
-from netplay.framing.length3 import MAX_JSON_LENGTH_ON_WIRE, Decoder, Direction
+from netplay.framing.length3 import Direction
 from netplay.recording.record import SHUTDOWN_REASONS, Event, Session, config_for_replay
 from netplay.server import Server
 
@@ -84,12 +85,14 @@ class ReplayError(Exception):
 class MessageSplitter:
     """Splits a server-to-client byte stream into whole raw messages.
 
-    Bytes that cannot be framed (an unknown letter) end the splitting; they
-    stay in :attr:`rest` and :attr:`broken` is set.
+    Either framing: 3-byte lengths, or end markers from the first message
+    that starts ``J{`` (``endmarker.EitherDecoder``).  Bytes that cannot be
+    framed (an unknown letter) end the splitting; they stay in :attr:`rest`
+    and :attr:`broken` is set.
     """
 
     def __init__(self) -> None:
-        self._decoder = Decoder(Direction.SERVER_TO_CLIENT, max_json_length=MAX_JSON_LENGTH_ON_WIRE)
+        self._decoder = endmarker.EitherDecoder(Direction.SERVER_TO_CLIENT)
         self._pending = bytearray()
         self.broken = False
 
@@ -146,15 +149,13 @@ def players_for_replay(session: Session) -> storage.SqliteStorage:
     """
     handed_out: list[str] = []
     brought: dict[str, str] = {}
-    client_decoders: dict[int, Decoder] = {}
+    client_decoders: dict[int, endmarker.EitherDecoder] = {}
     server_splitters: dict[int, MessageSplitter] = {}
     names: dict[int, str] = {}
     asked: dict[int, str] = {}  # connection -> the id its login_request named
     for event in session.events:
         if event.kind == "recv":
-            decoder = client_decoders.setdefault(
-                event.connection, Decoder(max_json_length=MAX_JSON_LENGTH_ON_WIRE)
-            )
+            decoder = client_decoders.setdefault(event.connection, endmarker.EitherDecoder())
             decoder.receive_data(event.data)
             try:
                 frames = decoder.frames()
@@ -173,8 +174,8 @@ def players_for_replay(session: Session) -> storage.SqliteStorage:
         elif event.kind == "send":
             splitter = server_splitters.setdefault(event.connection, MessageSplitter())
             for raw in splitter.feed(event.data):
-                reply = _json_body(raw)
-                if not isinstance(reply, dict) or reply.get("login_successful") is not True:
+                reply = _login_approval(_json_body(raw))
+                if reply is None:
                     continue
                 if isinstance(reply.get("new_user_id"), str):
                     handed_out.append(reply["new_user_id"])
@@ -193,16 +194,44 @@ def players_for_replay(session: Session) -> storage.SqliteStorage:
     return database
 
 
+def _login_approval(reply: Any) -> dict[str, Any] | None:
+    """A login's approval in the words of the 2013-2022 and 2025 (004) replies.
+
+    A 005 ``loginResponse`` is read into the same keys.
+    """
+    if not isinstance(reply, dict):
+        return None
+    if reply.get("type") == "loginResponse" and isinstance(reply.get("content"), dict):
+        content = reply["content"]
+        if content.get("approved") is not True:
+            return None
+        return {
+            "login_successful": True, "new_user_id": content.get("newUserId"),
+            "name_changed": content.get("nameChanged"), "old_name": content.get("oldName"),
+        }
+    return reply if reply.get("login_successful") is True else None
+
+
 def is_heartbeat(raw: bytes) -> bool:
-    """A server ping: ``E`` + 3 characters (existing clients) or ``W`` (document dialect)."""
-    return (len(raw) == 4 and raw[:1] == b"E") or raw == b"W"
+    """A server ping: ``E`` + 3 characters (2013-2022 clients), ``E`` alone (2025), ``W``."""
+    return (len(raw) == 4 and raw[:1] == b"E") or raw == b"E" or raw == b"W"
+
+
+def _json_text(raw: bytes) -> bytes | None:
+    """The JSON text of a ``J`` message of either framing, or None."""
+    if raw[:2] == endmarker.FIRST_MARKED_JSON and raw.endswith(endmarker.MARKER):
+        return raw[1:-len(endmarker.MARKER)]
+    if raw[:1] != b"J" or len(raw) < 4 or int.from_bytes(raw[1:4], "big") != len(raw) - 4:
+        return None
+    return raw[4:]
 
 
 def _json_body(raw: bytes) -> Any:
-    if raw[:1] != b"J" or len(raw) < 4 or int.from_bytes(raw[1:4], "big") != len(raw) - 4:
+    text = _json_text(raw)
+    if text is None:
         return None
     try:
-        return json.loads(raw[4:].decode("utf-8"))
+        return json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
 
@@ -219,9 +248,12 @@ def describe_message(raw: bytes | None) -> str:
     """A message as one readable line: ``J`` frames as their JSON text, others as letters."""
     if raw is None:
         return "(nothing)"
-    if raw[:1] == b"J" and len(raw) >= 4 and int.from_bytes(raw[1:4], "big") == len(raw) - 4:
-        return "J" + raw[4:].decode("utf-8", "backslashreplace")
-    text = raw.decode("latin-1")
+    text = _json_text(raw)
+    if text is not None:
+        return "J" + text.decode("utf-8", "backslashreplace")
+    # End-marker messages are UTF-8; everything else is read byte by byte.
+    text = raw.decode("utf-8", "backslashreplace") if raw.endswith(endmarker.MARKER) \
+        else raw.decode("latin-1")
     if text.isprintable():
         return text
     return json.dumps(text)[1:-1]
@@ -303,15 +335,24 @@ class ReplayResult:
 LOBBY_KEYS = frozenset({"unpaired", "lobby_state", "spectatable", "players"})
 
 
+def _lobby_view(body: Any) -> Any:
+    """A message's own keys; a 005 ``lobbyState`` is read as its content."""
+    if isinstance(body, dict) and body.get("type") == "lobbyState":
+        content = body.get("content")
+        if isinstance(content, dict):
+            return content
+    return body
+
+
 def lobby_keys(raw: bytes) -> frozenset[str]:
     """The lobby keys of a ``J`` message (none for any other message)."""
-    body = _json_body(raw)
+    body = _lobby_view(_json_body(raw))
     return LOBBY_KEYS.intersection(body) if isinstance(body, dict) else frozenset()
 
 
 def is_lobby_list(raw: bytes) -> bool:
     """A lobby snapshot: a ``J`` message that holds nothing but the lobby list."""
-    body = _json_body(raw)
+    body = _lobby_view(_json_body(raw))
     return isinstance(body, dict) and bool(body) and LOBBY_KEYS.issuperset(body)
 
 
