@@ -211,6 +211,7 @@ async def _start_and_serve(config: Config, record_dir: str | None, running: _Run
             server = Server(
                 config, seed=seed, recorder=recorder, database=database,
                 replays_directory=config.replays_directory or None,
+                wall_clock_offset=recorder.wall_clock_offset if recorder is not None else None,
             )
             async with trio.open_nursery() as http_nursery:
                 async with trio.open_nursery() as nursery:

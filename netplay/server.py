@@ -162,8 +162,13 @@ class Server:
         database: storage.Storage | None = None,
         database_in_thread: bool = True,
         replays_directory: str | None = None,
+        wall_clock_offset: float | None = None,
     ) -> None:
         """``database`` is the caller's to close; without one, players live in memory.
+
+        ``wall_clock_offset``: wall-clock seconds minus trio's clock, for the
+        times the lobbies tell clients or store; None reads the wall clock
+        when :meth:`run` starts.  A recording fixes it, and so does its replay.
 
         ``database_in_thread`` False runs storage calls on the event loop itself,
         which keeps a virtual clock (tests, in-process replay) deterministic.
@@ -182,6 +187,7 @@ class Server:
         self.started_at: float | None = None
         self.started_wall: float | None = None
         self.recorder = recorder
+        self._wall_clock_offset = wall_clock_offset
         if database is None:
             database, database_in_thread = storage.SqliteStorage(storage.MEMORY), False
         self.database = database
@@ -215,8 +221,12 @@ class Server:
         self.started_at, self.started_wall = trio.current_time(), time.time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            # Stored times are wall-clock; the lobby is fed trio's clock.
-            self.core.lobby046.wall_clock_offset = time.time() - trio.current_time()
+            # Stored and shown times are wall-clock; the lobbies are fed trio's clock.
+            offset = self._wall_clock_offset
+            if offset is None:
+                offset = time.time() - trio.current_time()
+            for lobby in (self.core.lobby046, self.core.lobby2025):
+                lobby.wall_clock_offset = offset
             nursery.start_soon(self._snapshot_loop)
             nursery.start_soon(self._storage_loop)
             nursery.start_soon(self._replay_loop)

@@ -86,10 +86,12 @@ def test_loadgen_ramp_reports_each_step_and_a_summary(server):
         assert summary["largest_passing_matches"] == 2
 
 
-def test_loadgen_046_players_and_spectators_each_get_their_latency(server046):
+@pytest.mark.parametrize("dialect", ["046", "2025"])
+def test_loadgen_players_and_spectators_each_get_their_latency(server046, dialect):
+    """The 2022 clients, and the 2025 ones with their end-marker framing."""
     port, pid = server046
     [report] = run_tool(
-        "loadgen.py", "--port", port, "--dialect", "046", "--matches", 3,
+        "loadgen.py", "--port", port, "--dialect", dialect, "--matches", 3,
         "--spectators-per-match", 2, "--spectator-delay", 0.3, "--warmup", 1.0,
         "--duration", 1.0, "--server-pid", pid,
     )
@@ -104,7 +106,7 @@ def test_loadgen_046_players_and_spectators_each_get_their_latency(server046):
         latency = report[name]
         assert latency["n"] > 0 and 0 < latency["p50"] <= latency["p99"] <= latency["max"] < 2000
     assert report["login_rtt_ms"]["n"] == 12  # 6 players and 6 spectators logged in
-    assert report["panels"] == 0  # 046 clients make their own panels
+    assert report["panels"] == 0  # these clients make their own panels
     assert report["spectator_pings"] >= 6  # silent for over a second, pinged, and answered
 
 

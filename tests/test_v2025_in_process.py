@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
@@ -115,6 +117,8 @@ async def test_match_with_a_late_spectator_results_and_leaving(versions):
         if carol.version == "004":
             assert granted["match_start"] is True
         assert replay["replayVersion"] == 2 and replay["seed"] in seeds
+        # When the match started, in Unix seconds, as the clients show it.
+        assert abs(replay["timestamp"] - time.time()) < 60
         assert [p["settings"]["inputs"] for p in replay["players"]] == ["A3B1", "A1C1"]
         await bob.send_inputs("D")
         await alice.send_inputs("E")

@@ -70,8 +70,9 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.loadgen
     from tools import _clients  # type: ignore[no-redef]
 
+from netplay.framing import endmarker
 from netplay.framing.length3 import encode_json
-from netplay.testing import hello046
+from netplay.testing import hello046, login_message2025, menu_state2025
 
 # Plain globals: the per-message code looks these up on every read.
 CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
@@ -233,6 +234,9 @@ class Worker(_clients.EpollClients):
     """
 
     FAILED = FAILED  # this tool's state number for a client that gave up, for the base class
+    # The framing of this worker's clients: JSON encoder and the 64 input messages.
+    encode = staticmethod(encode_json)
+    input_messages = INPUT_MESSAGES
 
     def __init__(
         self,
@@ -304,7 +308,7 @@ class Worker(_clients.EpollClients):
         assert client.partner is not None
         self._send(
             client,
-            encode_json({"game_request": {"sender": client.name, "receiver": client.partner.name}}),
+            self.encode({"game_request": {"sender": client.name, "receiver": client.partner.name}}),
         )
 
     def _send_panel_request(self, client: Client, now: float) -> None:
@@ -549,6 +553,8 @@ class Worker(_clients.EpollClients):
         next_at = start_at + (players[0].phase if players else math.inf)
         monotonic, wall, sleep, poll = time.monotonic, time.time, time.sleep, self._poll
         lag_counts = self.send_lag.counts
+        input_messages = self.input_messages
+        input_size = len(input_messages[0])
         while True:
             now = monotonic()
             if now >= end_at:
@@ -582,14 +588,14 @@ class Worker(_clients.EpollClients):
                     position = client.tx & 63
                     client.sent_at[position] = wall()
                     if client.out:
-                        self._send(client, INPUT_MESSAGES[position])
+                        self._send(client, input_messages[position])
                     else:
                         try:
-                            if sock.send(INPUT_MESSAGES[position]) != 2:
+                            if sock.send(input_messages[position]) != input_size:
                                 raise BlockingIOError
                         except BlockingIOError:
-                            # Not expected for 2 bytes; fall back to the buffered path.
-                            self._send(client, INPUT_MESSAGES[position])
+                            # Not expected for a few bytes; fall back to the buffered path.
+                            self._send(client, input_messages[position])
                         except OSError:
                             self._closed(client)
                     client.tx += 1
@@ -779,6 +785,12 @@ class Worker046(Worker):
     match (ranked, not ready; ready once ``ranked_match_approved`` comes).
     """
 
+    # This dialect's messages; the 2025 worker has its own.
+    new_login = V046_NEW_LOGIN
+    ready_state = V046_READY_STATE
+    ranked_state = V046_RANKED_STATE
+    ranked_ready_state = V046_RANKED_READY_STATE
+
     def __init__(
         self,
         host: str,
@@ -836,7 +848,7 @@ class Worker046(Worker):
         if body.startswith(LOBBY_PREFIX):
             if client.state == HANDSHAKE and not client.login_sent_at:  # type: ignore[attr-defined]
                 client.login_sent_at = time.monotonic()  # type: ignore[attr-defined]
-                self._send(client, V046_NEW_LOGIN)
+                self._send(client, self.new_login)
             return
         try:
             payload = json.loads(body)
@@ -857,7 +869,7 @@ class Worker046(Worker):
             if client.state == REQUESTED:
                 client.number = payload.get("your_player_number", 0)  # type: ignore[attr-defined]
                 client.state = ROOM
-                self._send(client, V046_RANKED_STATE if self.ranked else V046_READY_STATE)
+                self._send(client, self.ranked_state if self.ranked else self.ready_state)
             elif "character_select" in payload and client.finish_sent_at and not (
                 client.result_at  # type: ignore[attr-defined]
             ):
@@ -873,7 +885,7 @@ class Worker046(Worker):
         elif "ranked_match_approved" in payload:
             if self.ranked and client.state == ROOM and not client.ready_sent:  # type: ignore[attr-defined]
                 client.ready_sent = True  # type: ignore[attr-defined]
-                self._send(client, V046_RANKED_READY_STATE)
+                self._send(client, self.ranked_ready_state)
         elif "ranked_match_denied" in payload:
             # Usually the partner's ranked menu_state (or its rating) is not in yet.
             if self.ranked and client.state == ROOM and not (
@@ -903,7 +915,7 @@ class Worker046(Worker):
                 continue
             client.retry_at = 0.0
             if client.state == ROOM and not client.ready_sent:
-                self._send(client, V046_RANKED_STATE)
+                self._send(client, self.ranked_state)
         self.ranked_retries = waiting
 
     # -- finishing games ----------------------------------------------------------------
@@ -943,7 +955,7 @@ class Worker046(Worker):
         client.finish_due = -math.inf
         client.finish_sent_at = time.monotonic()
         self.games_over_sent += 1
-        self._send(client, encode_json({"game_over": True, "outcome": client.outcome}))
+        self._send(client, self.encode({"game_over": True, "outcome": client.outcome}))
 
     def finished_pairs(self) -> list[list[Any]]:
         """[player 1's name, player 2's name, outcome] of each game that was ended."""
@@ -1077,7 +1089,7 @@ class Worker046(Worker):
         if body.startswith(LOBBY_PREFIX):
             if state == HANDSHAKE and not spectator.login_sent_at:
                 spectator.login_sent_at = time.monotonic()
-                self._send(spectator, V046_NEW_LOGIN)
+                self._send(spectator, self.new_login)
             if state in (HANDSHAKE, LOBBY) and spectator.room_number is None:
                 try:
                     rooms = json.loads(body).get("spectatable", [])
@@ -1125,7 +1137,7 @@ class Worker046(Worker):
             return  # the next lobby list may have it
         spectator.room_number = number
         spectator.state = REQUESTED
-        self._send(spectator, encode_json(
+        self._send(spectator, self.encode(
             {"spectate_request": {"sender": spectator.name, "roomNumber": number}}
         ))
 
@@ -1214,6 +1226,121 @@ class Worker046(Worker):
 
 
 # ---------------------------------------------------------------------------
+# Network version 004: the 2023-2025 clients (end-marker framing)
+
+MARKER = endmarker.MARKER
+V2025_INPUT_MESSAGES = [b"I" + bytes([symbol]) + MARKER for symbol in ALPHABET]
+V2025_HELLO = b"H004"
+
+
+class Worker2025(Worker046):
+    """Matches of 2025 (stable, 004) clients, with spectators, as :class:`Worker046` plays them.
+
+    Each client sends ``H004`` alone, and its ``login_request`` (a new id)
+    when ``H`` comes back, as the real client does; every message after the
+    handshake ends with the marker, inputs included (``I`` + symbol + marker,
+    9 bytes).  Pings are ``E`` and answered ``E``.  Latency, loss and the
+    spectators' catch-up are counted as for 046.
+    """
+
+    encode = staticmethod(endmarker.encode_json)
+    input_messages = V2025_INPUT_MESSAGES
+    new_login = endmarker.encode_json(login_message2025("", "need a new user id"))
+    ready_state = endmarker.encode_json({"menu_state": menu_state2025(ready=True)})
+    ranked_state = endmarker.encode_json({"menu_state": menu_state2025(ranked=True)})
+    ranked_ready_state = endmarker.encode_json(
+        {"menu_state": menu_state2025(ranked=True, ready=True)}
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for client in (*self.clients, *self.spectators):
+            client.hello = V2025_HELLO
+
+    def _login(self, client: Any) -> None:
+        client.login_sent_at = time.monotonic()
+        self._send(client, endmarker.encode_json(
+            login_message2025(client.name, "need a new user id")
+        ))
+
+    def _read(self, client: Any) -> None:
+        sock = client.sock
+        if sock is None:
+            return
+        spectator = type(client) is Spectator046
+        try:
+            if self.kernel_timestamps:
+                data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
+            else:
+                data, ancillary = sock.recv(self.recv_size), None
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost(client, spectator, "connection_reset")
+            return
+        read_at = time.time()
+        if not data:
+            self._lost(client, spectator, "closed_by_server")
+            return
+        arrived_at = read_at
+        if ancillary:
+            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
+            arrived_at = seconds + nanoseconds * 1e-9
+        if client.inbuf:
+            client.inbuf += data
+            data = bytes(client.inbuf)
+            client.inbuf = bytearray()
+        end = len(data)
+        position = 0
+        find = data.find
+        while position < end:
+            letter = data[position]
+            if letter == 73 or letter == 85 or letter == 74:  # I, U, J: ended by the marker
+                stop = find(MARKER, position + 1)
+                if stop < 0:
+                    break
+                if letter == 74:
+                    body = data[position + 1 : stop]
+                    if spectator:
+                        self._spectator_json(client, body)
+                    else:
+                        self._json(client, body)
+                    if client.state == FAILED:
+                        return
+                elif spectator:
+                    if client.sources is not None:
+                        self._spectator_input(client, letter == 73, data[position + 1],
+                                              arrived_at, read_at)
+                else:
+                    self._input(client, data[position + 1], arrived_at, read_at)
+                position = stop + 7
+                continue
+            if letter == 69:  # E: ping
+                client.pings += 1
+                self._send(client, b"E")
+            elif letter == 72:  # H: the handshake accepted
+                if client.state == HANDSHAKE and not client.login_sent_at:
+                    self._login(client)
+            elif letter == 78:  # N: version refused
+                self._lost(client, spectator, "version_refused")
+                return
+            else:
+                self._lost(client, spectator, "unknown_letter_" + chr(letter))
+                return
+            position += 1
+        if position < end:
+            client.inbuf = bytearray(data[position:])
+
+    def _lost(self, client: Any, spectator: bool, reason: str) -> None:
+        if spectator:
+            self._spectator_lost(client, reason)
+        elif reason in ("connection_reset", "closed_by_server"):
+            self._closed(client)
+        else:
+            self._fail(client, reason)
+
+
+# ---------------------------------------------------------------------------
 # One experiment: N matches, in one or several processes
 
 
@@ -1263,9 +1390,10 @@ def make_worker(spec: dict[str, Any], match_ids: list[int], prefix: str, seed: i
         seed=seed, connect_concurrency=spec["connect_concurrency"],
         kernel_timestamps=spec["kernel_timestamps"],
     )
-    if spec["dialect"] == "046":
+    if spec["dialect"] in ("046", "2025"):
         ranks = spec.get("finish_ranks", {})
-        return Worker046(
+        worker_class = Worker2025 if spec["dialect"] == "2025" else Worker046
+        return worker_class(
             spec["host"], spec["port"], match_ids, prefix,
             spectators_per_match=spec["spectators_per_match"],
             finish_ranks={m: ranks[m] for m in match_ids if m in ranks},
@@ -1287,7 +1415,7 @@ def run_experiment(args: argparse.Namespace, matches: int, tag: str) -> dict[str
         "connect_concurrency": args.connect_concurrency, "setup_timeout": setup_timeout,
         "kernel_timestamps": not args.user_timestamps, "drain": 2.0,
         # 046 clients make their own panels and never ask for them.
-        "panel_interval": 0.0 if args.dialect == "046" else args.panel_interval,
+        "panel_interval": 0.0 if args.dialect in ("046", "2025") else args.panel_interval,
         "dialect": args.dialect, "spectators_per_match": args.spectators_per_match,
         "spectator_delay": args.spectator_delay,
         "finish_ranks": finishing_ranks(matches, args.finish_matches),
@@ -1775,8 +1903,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user-timestamps", action="store_true",
                         help="time receipt when the generator reads, not by kernel timestamps")
     parser.add_argument("--seed", type=int, default=None, help="seed of the send phases")
-    parser.add_argument("--dialect", choices=("004", "046"), default="004",
-                        help="004: the older clients; 046: the 2022 client, with login")
+    parser.add_argument("--dialect", choices=("004", "046", "2025"), default="004",
+                        help="004: the older clients; 046: the 2022 client, with login; "
+                        "2025: the 2023-2025 clients (stable, 004, end-marker framing)")
     parser.add_argument("--spectators-per-match", type=int, default=0,
                         help="046: spectators joining each match in progress")
     parser.add_argument("--spectator-delay", type=float, default=1.0,
@@ -1823,8 +1952,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.finish_matches:
-        if args.dialect != "046" or args.ramp:
-            parser.error("--finish-matches needs --dialect 046 and no --ramp")
+        if args.dialect not in ("046", "2025") or args.ramp:
+            parser.error("--finish-matches needs --dialect 046 or 2025 and no --ramp")
         if not 0 <= args.finish_at <= args.finish_at + args.finish_spread <= args.duration:
             parser.error("the finishing games must end within the measured window")
     tighten_timer_slack()

@@ -50,6 +50,7 @@ from netplay.server import Server
 from netplay.testing import Client046, Client2025, ScriptedClient, hello046
 
 SEED = 20240611
+WALL_CLOCK = 1_718_064_000.0  # 2024-06-11 00:00 UTC
 STEP = 0.05
 # How far from any server deadline a client action must stay.
 MARGIN = 0.001
@@ -715,6 +716,8 @@ async def record(scenario: Callable[[Scene], Awaitable[None]], name: str) -> Ses
     settings = replay_settings(config, SEED)
     settings["recorded_by"] = "record_corpus"
     settings["scenario"] = name
+    # A fixed wall clock, for the times clients are told (2025 replays).
+    settings["wall_clock"] = WALL_CLOCK
     writer = SessionWriter(settings, trio.current_time())
     # Player ids are random; drawn from the seed here, so the files are reproducible.
     ids = random.Random(SEED)
@@ -722,6 +725,7 @@ async def record(scenario: Callable[[Scene], Awaitable[None]], name: str) -> Ses
         MEMORY, make_user_id=lambda: str(ids.randrange(10**15, 2**53))
     )
     server = Server(config, seed=SEED, recorder=writer, database=database,
+                    wall_clock_offset=writer.wall_clock_offset,
                     database_in_thread=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)

@@ -121,6 +121,10 @@ class SessionWriter:
 
     def __init__(self, settings: dict[str, Any], start: float) -> None:
         self.start = start
+        # The recorded server's wall clock minus ``start``'s clock, when the
+        # settings say what the wall clock read at time 0 ("wall_clock").
+        wall_clock = settings.get("wall_clock")
+        self.wall_clock_offset = None if wall_clock is None else wall_clock - start
         self._latest = start
         self._lines: list[str] = [MAGIC + "\n", "settings " + json.dumps(settings) + "\n"]
         self._pending = sum(map(len, self._lines))
@@ -230,6 +234,7 @@ async def open_session_file(path: str, settings: dict[str, Any]) -> AsyncIterato
     rest is written and the file closed.  Raises :class:`RecordingError`
     before entering the block if the file cannot be created.
     """
+    settings = {**settings, "wall_clock": round(time.time(), 6)}
     try:
         recorder = FileRecorder(path, settings, trio.current_time())
     except OSError as error:

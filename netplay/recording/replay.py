@@ -838,9 +838,11 @@ async def _replay_events(
     played = 0
     driver = trio.CancelScope()
     observer = _Observer(steps.expected, base, driver.cancel)
+    wall_clock = session.settings.get("wall_clock")
     server = Server(config_for_replay(session.settings, **config_overrides), seed=seed,
                     recorder=observer, database=players_for_replay(session),
-                    database_in_thread=False)
+                    database_in_thread=False,
+                    wall_clock_offset=None if wall_clock is None else wall_clock - base)
     clients: dict[int, trio.abc.HalfCloseableStream] = {}
     divergence: Divergence | None = None
 
