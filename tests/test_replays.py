@@ -107,3 +107,54 @@ def test_write_replay_is_whole_and_never_replaces_a_file(tmp_path):
     assert sorted(os.listdir(folder)) == ["game-2.txt", "game.txt"]  # no temporary left behind
     assert (folder / "game.txt").read_bytes() == b'{"vs": {}}'
     assert (folder / "game-2.txt").read_bytes() == b'{"vs": {"seed": 2}}'
+
+
+# -- the 2023-2025 clients' version 2 replays ---------------------------------------------
+
+
+def version2(winner_index=2):
+    return {
+        "timestamp": ENDED - 90, "engineVersion": "048", "replayVersion": 2, "seed": 4242,
+        "gameMode": {"stackInteraction": 1}, "ranked": False, "stageId": "s",
+        "completed": True, "winnerIndex": winner_index, "winnerId": 7,
+        "players": [
+            {"name": "zoe", "publicId": 3, "human": True, "wins": 0,
+             "settings": {"level": 8, "inputs": "A3B1"}},
+            {"name": "adam", "publicId": 7, "human": True, "wins": 1,
+             "settings": {"level": 7, "inputs": "A4"}},
+        ],
+    }
+
+
+def test_a_2025_replay_is_the_lobbys_json_named_as_panel_game_names_it():
+    replay = build_replay(match(player("zoe"), player("adam"), replay=version2()))
+    assert replay.relative_path == (
+        "v048/2024/03/09/adam-vs-zoe/v048-2024-03-09-21-03-37-zoe-L8-adam-L7-VS-casual-P2wins.json"
+    )
+    assert json.loads(replay.content) == version2()
+
+
+def test_an_anonymous_2025_player_loses_name_and_public_id_winner_included():
+    replay = build_replay(match(
+        player("zoe"), player("adam", Publicity.ANONYMOUSLY), replay=version2(),
+    ))
+    content = json.loads(replay.content)
+    assert [p["name"] for p in content["players"]] == ["zoe", "anonymous"]
+    assert [p["publicId"] for p in content["players"]] == [3, -2]
+    assert content["winnerId"] == -2
+    assert "adam" not in replay.relative_path and b"adam" not in replay.content
+
+
+def test_a_2025_draw_and_a_refusal_to_publish():
+    draw = version2(winner_index=None)
+    del draw["winnerIndex"], draw["winnerId"]
+    replay = build_replay(match(player("zoe"), player("adam"), replay=draw))
+    assert replay.relative_path.endswith("-VS-casual-draw.json")
+    private = match(player("zoe", Publicity.NOT_AT_ALL), player("adam"), replay=version2())
+    assert build_replay(private) == Skipped(SkipReason.NOT_PUBLIC)
+
+
+def test_write_replay_keeps_the_suffix_of_a_taken_json_name(tmp_path):
+    replay = ReplayFile("v048/2024/03/09/a-vs-b/game.json", b"{}")
+    assert write_replay(tmp_path, replay) == "v048/2024/03/09/a-vs-b/game.json"
+    assert write_replay(tmp_path, replay) == "v048/2024/03/09/a-vs-b/game-2.json"

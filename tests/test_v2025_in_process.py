@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -324,3 +325,31 @@ async def test_a_silent_2025_client_is_pinged_and_dropped_only_after_15_seconds(
                 await client.receive(timeout=60)
         assert trio.current_time() - started == pytest.approx(15.0, abs=0.1)
         assert client.pings >= 10  # an E after each second of silence
+
+
+async def test_a_finished_game_is_saved_as_a_version_2_replay_file(tmp_path):
+    async with running_server(replays_directory=str(tmp_path)) as server:
+        alice, _ = await logged_in(server, "alice", "004")
+        bob, _ = await logged_in(server, "bob", "005")
+        await pair(alice, bob)
+        await alice.menu_state(ready=True)
+        await bob.menu_state(ready=True)
+        await alice.receive_until("match_start")
+        await bob.receive_until("matchStart")
+        await alice.send_inputs("AAAB")
+        await bob.send_inputs("AC")
+        await bob.receive_inputs("I", 4)
+        await alice.receive_inputs("I", 2)
+        await alice.game_over(2)
+        await bob.game_over(2)
+        await alice.receive_until("win_counts")
+        with trio.fail_after(5):
+            while not (files := list(tmp_path.rglob("*.json"))):
+                await trio.sleep(0.01)
+    (path,) = files
+    replay = json.loads(path.read_text())
+    assert replay["replayVersion"] == 2 and replay["engineVersion"] == "048"
+    assert replay["completed"] is True and replay["winnerIndex"] == 2
+    inputs = {p["name"]: p["settings"]["inputs"] for p in replay["players"]}
+    assert inputs == {"alice": "A3B1", "bob": "A1C1"}
+    assert path.name.endswith("-VS-casual-P2wins.json") and path.relative_to(tmp_path).parts[0] == "v048"

@@ -1,9 +1,14 @@
-"""Finished matches and their replay files, in the 2022 client's format.
+"""Finished matches and their replay files, in the 2022 and the 2025 clients' formats.
 
 :func:`build_replay` is pure: it turns a :class:`FinishedMatch` into the file
-the 2022 client's replay browser loads (``{"vs": {...}}``, inputs in the
-run-length form it reads back exactly) and the path it goes under, dated like
-the 2022 server's (``v046/YYYY/MM/DD/<a>-vs-<b>/v046-...txt``, UTC).
+the client's replay browser loads and the path it goes under, in UTC.  For
+the 2022 client: ``{"vs": {...}}``, inputs in the run-length form it reads
+back exactly, under ``v046/YYYY/MM/DD/<a>-vs-<b>/v046-...txt`` as the 2022
+server names it.  For the 2023-2025 clients, whose lobby hands over the
+version 2 replay itself (``FinishedMatch.replay``): that JSON under
+``v<engine>/YYYY/MM/DD/<a>-vs-<b>/v<engine>-...-VS-casual-P1wins.json``,
+named as the panel-game server and client name theirs, dated by the match's
+start.
 :func:`write_replay` puts that file on disk atomically.
 
 Each player chooses what becomes public: ``"not at all"`` (no file is
@@ -106,6 +111,8 @@ def build_replay(match: FinishedMatch) -> ReplayFile | Skipped:
     """The replay file of ``match``, or why there is none."""
     if any(p.publicity is Publicity.NOT_AT_ALL for p in match.players):
         return Skipped(SkipReason.NOT_PUBLIC)
+    if match.replay is not None:
+        return _version2_replay(match, match.replay)
     encoded = [encode_for_catch_up(p.inputs) for p in match.players]
     if None in encoded:
         return Skipped(SkipReason.UNREADABLE_INPUTS)
@@ -132,6 +139,34 @@ def build_replay(match: FinishedMatch) -> ReplayFile | Skipped:
         vs["P1_win_count"], vs["P2_win_count"] = match.win_counts
     content = json.dumps({"engineVersion": ENGINE_VERSION, "vs": vs}, ensure_ascii=False)
     return ReplayFile(_relative_path(match), content.encode("utf-8"))
+
+
+def _version2_replay(match: FinishedMatch, replay: dict) -> ReplayFile:
+    """A 2025 client's replay: anonymous players lose their name and public id."""
+    content = json.loads(json.dumps(replay))  # a deep copy, plain JSON
+    players = content.get("players", [])
+    for index, (player, entry) in enumerate(zip(match.players, players)):
+        if player.publicity is Publicity.WITH_MY_NAME:
+            continue
+        entry["name"] = ANONYMOUS
+        if content.get("winnerId") == entry.get("publicId"):
+            content["winnerId"] = -(index + 1)
+        entry["publicId"] = -(index + 1)
+    engine = _UNSAFE_IN_PATH.sub("_", str(content.get("engineVersion", ""))) or "_"
+    started = time.gmtime(content.get("timestamp", match.started_at))
+    labels = [_label(player) for player in match.players]
+    name = f"v{engine}-{time.strftime('%Y-%m-%d-%H-%M-%S', started)}"
+    for label, entry in zip(labels, players):
+        level = entry.get("settings", {}).get("level")
+        name += f"-{label}" + (f"-L{level}" if isinstance(level, int) else "")
+    name += "-VS-" + ("ranked" if content.get("ranked") else "casual")
+    if not content.get("incomplete"):
+        winner = content.get("winnerIndex")
+        name += f"-P{winner}wins" if winner in (1, 2) else "-draw"
+    folder = "-vs-".join(sorted(labels))
+    path = "/".join((f"v{engine}", time.strftime("%Y/%m/%d", started), folder, name + ".json"))
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return ReplayFile(path, text.encode("utf-8"))
 
 
 def _label(player: MatchPlayer) -> str:
@@ -164,7 +199,7 @@ def write_replay(directory: str | os.PathLike, replay: ReplayFile, *, sync: bool
     The file appears whole or not at all: it is written to a hidden temporary
     file, synced, then linked into place and the folder synced.  An existing
     file is never replaced: a name that is taken gets ``-2``, ``-3``... before
-    ``.txt``.  ``sync`` False leaves the syncing to the caller, who writes many
+    the suffix.  ``sync`` False leaves the syncing to the caller, who writes many
     files and then calls :func:`sync_replays` once.  Blocking: call it off the
     event loop.  Raises ``OSError``.
     """
@@ -179,10 +214,10 @@ def write_replay(directory: str | os.PathLike, replay: ReplayFile, *, sync: bool
         if sync:
             os.fsync(file.fileno())
     try:
-        stem = target.name[: -len(".txt")]
+        stem, suffix = os.path.splitext(target.name)
         attempt = 1
         while True:
-            candidate = target if attempt == 1 else folder / f"{stem}-{attempt}.txt"
+            candidate = target if attempt == 1 else folder / f"{stem}-{attempt}{suffix}"
             try:
                 os.link(temporary, candidate)
                 break
