@@ -144,11 +144,12 @@ def test_loadgen_046_finishing_ranked_games_are_stored_once_with_replays(tmp_pat
     }
 
 
-def test_loginstorm_answers_new_and_returning_logins(server046):
+@pytest.mark.parametrize("dialect", ["046", "2025"])
+def test_loginstorm_answers_new_and_returning_logins(server046, dialect):
     port, pid = server046
     [report] = run_tool(
         "loginstorm.py", "--port", port, "--clients", 40, "--pause", 0.3, "--timeout", 20,
-        "--server-pid", pid,
+        "--server-pid", pid, "--dialect", dialect,
     )
     assert report["seed"]["ids"] == 20
     storm = report["storm"]

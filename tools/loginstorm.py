@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Login storm: K 2022 clients (protocol 046) log in at once; time every answer.
 
+``--dialect 2025``: the 2025 stable client (network version 004) instead,
+which sends ``H004`` alone and its ``login_request`` (end-marker framing)
+when ``H`` comes back.
+
 Two phases against one server (and so one database):
 
 1. *Seed*: ``--returning`` of the K names connect (a bounded number at a
@@ -41,8 +45,9 @@ try:  # run as a script: tools/ is on sys.path
 except ImportError:  # imported as tools.loginstorm
     from tools import _clients  # type: ignore[no-redef]
 
+from netplay.framing import endmarker
 from netplay.framing.length3 import encode_json
-from netplay.testing import hello046
+from netplay.testing import hello046, login_message2025
 
 CONNECTING, HANDSHAKE = _clients.CONNECTING, _clients.HANDSHAKE
 LOBBY_PREFIX, SERVER_LENGTHS = _clients.LOBBY_PREFIX, _clients.SERVER_LENGTHS
@@ -199,6 +204,14 @@ class Crowd(_clients.EpollClients):
         elif "choose_another_name" in payload:
             self._fail(client, "name_refused")
 
+    def _log_in(self, client: Client, arrived_at: float) -> None:
+        client.registered_at = arrived_at
+        client.state = LOGGING_IN
+        client.login_sent_at = time.time()
+        self._send(client, endmarker.encode_json(
+            login_message2025(client.name, client.user_id or NEW_USER_ID)
+        ))
+
     def run(self, deadline: float) -> None:
         """Connect and log in until everyone is answered or failed, or the deadline."""
         while time.monotonic() < deadline:
@@ -207,6 +220,70 @@ class Crowd(_clients.EpollClients):
             if not (self.connect_queue or self.retries or self.in_flight):
                 return
             self._poll(0.01)
+
+
+class Crowd2025(Crowd):
+    """The same crowd as 2025 clients: ``H004`` alone, the login on ``H``, end markers."""
+
+    def __init__(self, host: str, port: int, clients: list[Client], *, concurrency: int) -> None:
+        super().__init__(host, port, clients, concurrency=concurrency)
+        for client in clients:
+            client.hello = b"H004"
+
+    def _read(self, client: Client) -> None:
+        sock = client.sock
+        if sock is None:
+            return
+        try:
+            data, ancillary, _flags, _address = sock.recvmsg(RECEIVE_SIZE, TIMESTAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost(client, "connection_reset")
+            return
+        if not data:
+            self._lost(client, "closed_by_server")
+            return
+        self.bytes_received += len(data)
+        arrived_at = time.time()
+        if ancillary:
+            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
+            arrived_at = seconds + nanoseconds * 1e-9
+        if client.inbuf:
+            data = client.inbuf + data
+            client.inbuf = b""
+        end, position = len(data), 0
+        while position < end:
+            letter = data[position]
+            if letter in MARKED_LETTERS:
+                stop = data.find(endmarker.MARKER, position + 1)
+                if stop < 0:
+                    break
+                if letter == 74:  # J
+                    self._json(client, data[position + 1 : stop], arrived_at)
+                    if client.state == FAILED:
+                        return
+                position = stop + len(endmarker.MARKER)
+                continue
+            if letter == 72:  # H: the handshake accepted
+                if client.state == HANDSHAKE:
+                    self._log_in(client, arrived_at)
+            elif letter == 69:  # E: ping
+                client.pings += 1
+                self._send(client, b"E")
+            elif letter == 78:  # N: version refused
+                self._fail(client, "version_refused")
+                return
+            else:
+                self._fail(client, "unknown_letter_" + chr(letter))
+                return
+            position += 1
+        if position < end:
+            client.inbuf = data[position:]
+
+
+MARKED_LETTERS = frozenset(b"JIU")
+CROWDS = {"046": Crowd, "2025": Crowd2025}
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
@@ -218,7 +295,7 @@ def _ms(values: list[float]) -> dict[str, Any]:
 def seed_phase(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
     """Log ``names`` in with new ids, then disconnect; return name -> id and a summary."""
     clients = [Client(index, name, None, False) for index, name in enumerate(names)]
-    crowd = Crowd(args.host, args.port, clients, concurrency=args.seed_concurrency)
+    crowd = CROWDS[args.dialect](args.host, args.port, clients, concurrency=args.seed_concurrency)
     start = time.monotonic()
     try:
         crowd.run(start + args.timeout)
@@ -244,7 +321,9 @@ def storm_phase(
         for i, (name, user_id) in enumerate(returning.items())
     ]
     random.Random(args.seed).shuffle(clients)  # new and returning mixed, as in life
-    crowd = Crowd(args.host, args.port, clients, concurrency=args.connect_concurrency or len(clients))
+    crowd = CROWDS[args.dialect](
+        args.host, args.port, clients, concurrency=args.connect_concurrency or len(clients)
+    )
     pid = args.server_pid
     meter = _clients.started_cpu_meter(pid)
     own_cpu = _clients.own_cpu_seconds()
@@ -349,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start of every name (default: fresh per run, so that new "
                              "names are new to the database)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the connect order")
+    parser.add_argument("--dialect", choices=sorted(CROWDS), default="046",
+                        help="046: the 2022 client; 2025: the 2025 stable client (004)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
