@@ -18,6 +18,7 @@ from netplay.testing import (
     Client046,
     ScriptedClient,
     connect046,
+    connect2025,
     connect_in_process,
     pair_up,
     pair_up046,
@@ -181,8 +182,8 @@ async def test_046_logins_spectators_and_results_are_counted(autojump_clock):
         await dave.receive_inputs("U", 2)
 
         samples = scrape(server)
-        assert value(samples, "netplay_logins_total", outcome="new_id") == 3
-        assert value(samples, "netplay_spectators") == 1
+        assert value(samples, "netplay_logins_total", dialect="v046", outcome="new_id") == 3
+        assert value(samples, "netplay_spectators", dialect="v046") == 1
         assert value(samples, "netplay_players", dialect="v046", state="spectating") == 1
         assert value(samples, "netplay_matches_in_progress", dialect="v046") == 1
         assert value(samples, "netplay_storage_operations_total") >= 3  # logins, and their standings
@@ -269,3 +270,42 @@ def test_garbage_collector_pauses_are_timed_only_while_watched():
     assert len(gc.callbacks) == before
     gc.collect()
     assert counters.gc_pauses[2].count == 1
+
+
+async def test_2025_players_rooms_and_spectators_are_counted_and_shown(autojump_clock):
+    async with running_server(Config(), seed=3) as server:
+        clients = []
+        for name, version in (("amy", "004"), ("ben", "005"), ("cat", "004")):
+            client = connect2025(server, version=version)
+            await client.login(name)
+            clients.append(client)
+        amy, ben, cat = clients
+        await amy.request_game("ben")
+        await ben.receive_until("challenge")
+        await ben.request_game("amy")
+        await amy.receive_until("create_room")
+        await amy.menu_state(ready=True)
+        await ben.menu_state(ready=True)
+        await amy.receive_until("match_start")
+        while not (lobby_state := await cat.receive_until("spectatable"))["spectatable"]:
+            pass  # a list from before the room
+        await cat.spectate(lobby_state["spectatable"][0]["roomNumber"])
+
+        samples = scrape(server)
+        assert value(samples, "netplay_logins_total", dialect="v2025", outcome="new_id") == 3
+        assert value(samples, "netplay_spectators", dialect="v2025") == 1
+        assert value(samples, "netplay_players", dialect="v2025", state="playing") == 2
+        assert value(samples, "netplay_matches_in_progress", dialect="v2025") == 1
+        assert value(samples, "netplay_matches_started_total", dialect="v2025") == 1
+
+        document = status.status_document(
+            server.core, now=trio.current_time(), started_at=server.started_at,
+            started_wall=server.started_wall,
+        )
+        assert document["online"]["by_dialect"]["v2025"] == 3
+        (room,) = document["rooms"]["list"]
+        assert room["dialect"] == "v2025" and room["spectators"] == ["cat"]
+        assert sorted(room["players"]) == ["amy", "ben"] and room["playing"]
+        assert document["matches"] == {
+            "in_progress": 1, "started": 1, "finished": 0, "spectators": 1,
+        }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import prometheus_client
 from prometheus_client.core import (
@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 # The two lobbies, as the ``dialect`` label of rooms and matches names them.
 CLASSIC = "classic"
 V046 = Dialect.V046.value
+V2025 = Dialect.V2025.value
 MATCH_ENDINGS = {
     CLASSIC: ("agreement", "abandoned"),
     V046: ("agreement", "disagreement", "timeout", "abandoned"),
+    V2025: ("agreement", "disagreement", "timeout", "abandoned"),
 }
 LOGIN_OUTCOMES = (*(result.value for result in storage.LoginResult), "no_user_id")
 REFUSAL_REASONS = ("max_connections", "max_connections_per_ip")
@@ -124,16 +126,22 @@ class ServerCollector(Collector):
             "netplay_matches_ended", "Matches ended, by lobby and how the end was decided.",
             labels=["dialect", "decided_by"],
         )
-        for name, each in ((CLASSIC, core.lobby), (V046, core.lobby046)):
+        for name, each in (
+            (CLASSIC, core.lobby), (V046, core.lobby046), (V2025, core.lobby2025),
+        ):
             started.add_metric([name], each.matches_started)
             for ending in sorted(set(MATCH_ENDINGS[name]) | set(each.matches_ended)):
                 ended.add_metric([name, ending], each.matches_ended.get(ending, 0))
         yield started
         yield ended
-        yield _counter_by(
-            "netplay_logins", "2022-client login replies, by outcome.",
-            "outcome", core.lobby046.logins, LOGIN_OUTCOMES,
+        logins = CounterMetricFamily(
+            "netplay_logins", "Login replies, by lobby (2022 or 2025 clients) and outcome.",
+            labels=["dialect", "outcome"],
         )
+        for name, each in ((V046, core.lobby046), (V2025, core.lobby2025)):
+            for outcome in sorted(set(LOGIN_OUTCOMES) | set(each.logins)):
+                logins.add_metric([name, outcome], each.logins.get(outcome, 0))
+        yield logins
 
         operations = CounterMetricFamily(
             "netplay_storage_operations", "Database operations run (logins, stored games, imports)."
@@ -202,10 +210,13 @@ class ServerCollector(Collector):
                 players[(dialect.value, state.value)] = 0
         for state046 in lobby046.PlayerState:
             players[(V046, state046.value)] = 0
+            players[(V2025, state046.value)] = 0
         for player in core.lobby.players.values():
             players[(player.dialect.value, player.state.value)] += 1
         for player046 in core.lobby046.players.values():
             players[(V046, player046.state.value)] += 1
+        for player2025 in core.lobby2025.players.values():
+            players[(V2025, player2025.state.value)] += 1
         family = GaugeMetricFamily(
             "netplay_players", "Players past the handshake, by dialect and state.",
             labels=["dialect", "state"],
@@ -225,12 +236,13 @@ class ServerCollector(Collector):
         classic_playing = sum(
             room.state is lobby.RoomState.PLAYING for room in core.lobby.rooms.values()
         )
-        v046_playing = sum(
-            room.state is lobby046.RoomState.PLAYING for room in core.lobby046.rooms.values()
-        )
+        def playing_in(rooms: Iterable[Any]) -> int:
+            return sum(room.state is lobby046.RoomState.PLAYING for room in rooms)
+
         for name, total, playing in (
             (CLASSIC, len(core.lobby.rooms), classic_playing),
-            (V046, len(core.lobby046.rooms), v046_playing),
+            (V046, len(core.lobby046.rooms), playing_in(core.lobby046.rooms.values())),
+            (V2025, len(core.lobby2025.rooms), playing_in(core.lobby2025.rooms.values())),
         ):
             rooms.add_metric([name, "selecting"], total - playing)
             rooms.add_metric([name, "playing"], playing)
@@ -238,11 +250,12 @@ class ServerCollector(Collector):
         yield rooms
         yield in_progress
         spectators = GaugeMetricFamily(
-            "netplay_spectators", "2022-client players watching a room."
+            "netplay_spectators", "Players watching a room, by lobby.", labels=["dialect"]
         )
-        spectators.add_metric(
-            [], sum(len(room.spectators) for room in core.lobby046.rooms.values())
-        )
+        for name, each in ((V046, core.lobby046), (V2025, core.lobby2025)):
+            spectators.add_metric(
+                [name], sum(len(room.spectators) for room in each.rooms.values())
+            )
         yield spectators
 
         queued = GaugeMetricFamily(

@@ -75,12 +75,20 @@ def _classic_rooms(core: ServerCore, now: float) -> list[dict[str, Any]]:
     return rooms
 
 
-def _v046_rooms(core: ServerCore, now: float) -> list[dict[str, Any]]:
+def _shared_rooms(core: ServerCore, now: float) -> list[dict[str, Any]]:
+    """The rooms of the 2022 and the 2025 lobbies, which share their shape."""
     rooms = []
-    for room in core.lobby046.rooms.values():
+    for dialect, each in ((Dialect.V046, core.lobby046), (Dialect.V2025, core.lobby2025)):
+        rooms += _rooms_of(each.rooms.values(), dialect, now)
+    return rooms
+
+
+def _rooms_of(lobby_rooms: Any, dialect: Dialect, now: float) -> list[dict[str, Any]]:
+    rooms = []
+    for room in lobby_rooms:
         match = room.match
         rooms.append({
-            "dialect": Dialect.V046.value,
+            "dialect": dialect.value,
             "number": room.number,
             "players": [player.name or "" for player in room.players],
             "playing": room.state is lobby046.RoomState.PLAYING,
@@ -107,13 +115,14 @@ def status_document(
         online[player.dialect.value] += 1
         if player.state is lobby.PlayerState.LOBBY and player.name:
             lobby_names.append({"name": player.name, "dialect": player.dialect.value})
-    for player046 in core.lobby046.players.values():
-        online[Dialect.V046.value] += 1
-        if player046.state is lobby046.PlayerState.LOBBY and player046.name:
-            lobby_names.append({"name": player046.name, "dialect": Dialect.V046.value})
+    for dialect, each in ((Dialect.V046, core.lobby046), (Dialect.V2025, core.lobby2025)):
+        for shared_player in each.players.values():
+            online[dialect.value] += 1
+            if shared_player.state is lobby046.PlayerState.LOBBY and shared_player.name:
+                lobby_names.append({"name": shared_player.name, "dialect": dialect.value})
     lobby_names.sort(key=lambda entry: entry["name"].casefold())
 
-    rooms = _classic_rooms(core, now) + _v046_rooms(core, now)
+    rooms = _classic_rooms(core, now) + _shared_rooms(core, now)
     # Matches first, the most watched and the longest first among them.
     rooms.sort(key=lambda room: (
         not room["playing"], -len(room["spectators"]), -(room["match_seconds"] or 0),
@@ -133,6 +142,7 @@ def status_document(
             "seconds": None if result.seconds is None else round(result.seconds, 1),
             "ago_seconds": round(max(0.0, now - result.ended_at), 1),
         })
+    lobbies = (core.lobby, core.lobby046, core.lobby2025)
     traffic = core.counters.traffic
     received, sent = traffic.received(), traffic.sent()
     return {
@@ -150,9 +160,8 @@ def status_document(
         "rooms": {"count": len(rooms), "list": rooms[:MAX_ROOMS]},
         "matches": {
             "in_progress": sum(room["playing"] for room in rooms),
-            "started": core.lobby.matches_started + core.lobby046.matches_started,
-            "finished": sum(core.lobby.matches_ended.values())
-            + sum(core.lobby046.matches_ended.values()),
+            "started": sum(each.matches_started for each in lobbies),
+            "finished": sum(sum(each.matches_ended.values()) for each in lobbies),
             "spectators": sum(len(room["spectators"]) for room in rooms),
         },
         "recent_results": results,
