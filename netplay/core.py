@@ -49,6 +49,9 @@ DOCUMENT_PING = b"W"
 HELLO_ACCEPTED = b"H"
 HELLO_REFUSED = b"N"
 _INPUT_LETTER = ord("I")
+_MARKER_SIZE = len(endmarker.MARKER)
+# A 2025 input message on the per-frame path: a letter, 1 to 64 input bytes, the marker.
+_MARKED_INPUT_MIN, _MARKED_INPUT_MAX = 1 + 1 + _MARKER_SIZE, 1 + 64 + _MARKER_SIZE
 # What an input costs of the token bucket, other messages costing 1: a client
 # that stalled sends every input it owes at once and must not wait for them,
 # and relaying one is cheap.  At the default rate: 9,600 a second, 160 times
@@ -223,8 +226,10 @@ class ServerCore:
         through :meth:`receive`, which is also where an input over the rate
         limit waits its turn.  Allocates nothing.
         """
-        if len(data) != 2 or data[0] != _INPUT_LETTER:
+        if not data or data[0] != _INPUT_LETTER:
             return None
+        if len(data) != 2:
+            return self._relay_target2025(connection_id, data, now)
         connection = self.connections.get(connection_id)
         if connection is None or connection.decoder.buffered:
             return None
@@ -248,6 +253,28 @@ class ServerCore:
         connection.last_received = now
         self._traffic.relayed_inputs += 1
         return target
+
+    def _relay_target2025(self, connection_id: int, data: bytes, now: float) -> InputRoute | None:
+        """The per-frame path of a 2025 player: ``data`` is exactly one ASCII ``I`` + marker."""
+        size = len(data)
+        if size < _MARKED_INPUT_MIN or size > _MARKED_INPUT_MAX:
+            return None
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.dialect is not Dialect.V2025:
+            return None
+        if connection.phase is not Phase.OPEN or connection.decoder.buffered:
+            return None
+        # One whole message, nothing after it; ASCII is valid UTF-8.
+        if data.find(endmarker.MARKER, 1) != size - _MARKER_SIZE or not data.isascii():
+            return None
+        route = self.lobby2025.input_route(connection_id)
+        if route is None or not self._admit(connection, now, INPUT_COST):
+            return None
+        if not route.record_body(data[1:-_MARKER_SIZE]):
+            return None  # the full path refuses it, with its reason
+        connection.last_received = now
+        self._traffic.relayed_inputs += 1
+        return route
 
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
         """Bytes arrived from a connection; return what to do about them."""

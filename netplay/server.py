@@ -419,13 +419,17 @@ class Server:
             traffic.relay_latency[path].observe(trio.current_time() - read_at)
 
     def _relay(self, route: InputRoute, data: bytes) -> None:
-        """One 046 input: to the opponent as it came, to each spectator as ``U``/``I``."""
+        """One 046 or 2025 input: to the opponent as it came, to each spectator as ``U``/``I``."""
         deliver = self._deliver
         self._executing += 1  # a connection that fails here ends after the whole relay
         try:
             deliver(route.opponent, data)
             if route.spectators:
-                as_spectator = route.as_spectators[data[1]]
+                as_spectators = route.as_spectators
+                if as_spectators:
+                    as_spectator = as_spectators[data[1]]
+                else:  # a 2025 input: its body under the letter the spectator reads
+                    as_spectator = data if route.spectator_letter == b"I" else b"U" + data[1:]
                 for spectator in route.spectators:
                     deliver(spectator, as_spectator)
         finally:
