@@ -264,13 +264,16 @@ class ServerCore:
             return None
         if connection.phase is not Phase.OPEN or connection.decoder.buffered:
             return None
-        # One whole message, nothing after it; ASCII is valid UTF-8.
-        if data.find(endmarker.MARKER, 1) != size - _MARKER_SIZE or not data.isascii():
+        # One whole message, nothing after it; an ASCII body is valid UTF-8.
+        if data.find(endmarker.MARKER, 1) != size - _MARKER_SIZE:
+            return None
+        body = data[1:-_MARKER_SIZE]
+        if not body.isascii():
             return None
         route = self.lobby2025.input_route(connection_id)
         if route is None or not self._admit(connection, now, INPUT_COST):
             return None
-        if not route.record_body(data[1:-_MARKER_SIZE]):
+        if not route.record_body(body):
             return None  # the full path refuses it, with its reason
         connection.last_received = now
         self._traffic.relayed_inputs += 1

@@ -353,3 +353,15 @@ async def test_a_finished_game_is_saved_as_a_version_2_replay_file(tmp_path):
     inputs = {p["name"]: p["settings"]["inputs"] for p in replay["players"]}
     assert inputs == {"alice": "A3B1", "bob": "A1C1"}
     assert path.name.endswith("-VS-casual-P2wins.json") and path.relative_to(tmp_path).parts[0] == "v048"
+
+
+async def test_a_lone_input_takes_the_per_frame_path_and_reaches_a_spectator():
+    async with running_server() as server:
+        alice, bob, carol = await _match_with_spectator(server, ("004", "005", "004"))
+        relayed = server.counters.traffic.relayed_inputs
+        for count, symbol in enumerate("ABCDE", start=1):
+            await bob.send_inputs(symbol)
+            assert await alice.receive_inputs("I", count) == [s.encode() for s in "ABCDE"[:count]]
+        # Relayed without decoding; bob is player 1, so carol reads his inputs as U.
+        assert server.counters.traffic.relayed_inputs - relayed == 5
+        assert await carol.receive_inputs("U", 5) == [s.encode() for s in "ABCDE"]
