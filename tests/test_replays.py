@@ -158,3 +158,11 @@ def test_write_replay_keeps_the_suffix_of_a_taken_json_name(tmp_path):
     replay = ReplayFile("v048/2024/03/09/a-vs-b/game.json", b"{}")
     assert write_replay(tmp_path, replay) == "v048/2024/03/09/a-vs-b/game.json"
     assert write_replay(tmp_path, replay) == "v048/2024/03/09/a-vs-b/game-2.json"
+
+
+def test_an_incomplete_2025_game_is_named_without_a_result():
+    aborted = version2()
+    del aborted["winnerIndex"], aborted["winnerId"], aborted["completed"]
+    aborted["incomplete"] = True
+    replay = build_replay(match(player("zoe"), player("adam"), replay=aborted))
+    assert replay.relative_path.endswith("-L7-VS-casual.json")

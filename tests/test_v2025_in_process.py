@@ -365,3 +365,25 @@ async def test_a_lone_input_takes_the_per_frame_path_and_reaches_a_spectator():
         # Relayed without decoding; bob is player 1, so carol reads his inputs as U.
         assert server.counters.traffic.relayed_inputs - relayed == 5
         assert await carol.receive_inputs("U", 5) == [s.encode() for s in "ABCDE"]
+
+
+async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
+    async with running_server(replays_directory=str(tmp_path)) as server:
+        alice, _ = await logged_in(server, "alice", "005")
+        bob, _ = await logged_in(server, "bob", "005")
+        await pair(alice, bob)
+        await alice.menu_state(ready=True)
+        await bob.menu_state(ready=True)
+        await alice.receive_until("matchStart")
+        await bob.receive_until("matchStart")
+        await alice.send_inputs("AB")
+        await bob.receive_inputs("I", 2)
+        await alice.send_json({"type": "matchAbort"})
+        await bob.receive_until("gameAbort")
+        with trio.fail_after(5):
+            while not (files := list(tmp_path.rglob("*.json"))):
+                await trio.sleep(0.01)
+    (path,) = files
+    replay = json.loads(path.read_text())
+    assert replay["incomplete"] is True and "winnerIndex" not in replay
+    assert "completed" not in replay and path.name.endswith("-VS-casual.json")

@@ -745,7 +745,7 @@ class RoomLobby:
             started_at=self.wall_clock_offset + match.started_at,
             ended_at=self.wall_clock_offset + now,
             win_counts=match.win_counts_at_start,
-            replay=self._stored_replay(room, match, outcome),
+            replay=self._stored_replay(room, match, outcome, decided_by),
         )
         key = f"{self.run_id}:{self._game_key_prefix()}{room.number}:{match.number}"
         return FinishGame(key=key, room=room.number, match=finished)
@@ -859,7 +859,9 @@ class RoomLobby:
     ) -> list[Action]:
         raise NotImplementedError
 
-    def _stored_replay(self, room: Room, match: Match, outcome: int) -> dict[str, Any] | None:
+    def _stored_replay(
+        self, room: Room, match: Match, outcome: int, decided_by: str
+    ) -> dict[str, Any] | None:
         """The replay file's content in the family's own format; None: the 2022 format."""
         return None
 

@@ -665,15 +665,18 @@ class Lobby2025(RoomLobby):
 
     # -- stored games ---------------------------------------------------------------------
 
-    def _stored_replay(self, room: Room, match: Match, outcome: int) -> dict[str, Any] | None:
+    def _stored_replay(
+        self, room: Room, match: Match, outcome: int, decided_by: str
+    ) -> dict[str, Any] | None:
         replay = self._match_replay(room, match, compressed=True)
-        replay = d.finished_replay(
+        if decided_by == "disconnect":
+            # Aborted or abandoned: no game was finished, so no winner and no draw.
+            replay["incomplete"] = True
+            return replay
+        return d.finished_replay(
             replay, winner=outcome,
             public_ids=(_public(room.players[0], 0), _public(room.players[1], 1)), game_id=None,
         )
-        if outcome not in (0, 1, 2):
-            replay["incomplete"] = True
-        return replay
 
 
 def _public(player: Player, index: int) -> int:
