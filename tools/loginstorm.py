@@ -110,20 +110,24 @@ class Crowd(_clients.EpollClients):
     def _send_failed(self, client: Client) -> None:
         self._fail(client, "send_failed")
 
-    def _read(self, client: Client) -> None:
+    def _receive(self, client: Client) -> tuple[bytes, float] | None:
+        """What the socket has, after the bytes kept from before, and when it arrived.
+
+        None when there is nothing to handle: no data yet, or the connection ended.
+        """
         sock = client.sock
         if sock is None:
-            return
+            return None
         try:
             data, ancillary, _flags, _address = sock.recvmsg(RECEIVE_SIZE, TIMESTAMP_SPACE)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             self._lost(client, "connection_reset")
-            return
+            return None
         if not data:
             self._lost(client, "closed_by_server")
-            return
+            return None
         self.bytes_received += len(data)
         arrived_at = time.time()
         if ancillary:
@@ -132,6 +136,13 @@ class Crowd(_clients.EpollClients):
         if client.inbuf:
             data = client.inbuf + data
             client.inbuf = b""
+        return data, arrived_at
+
+    def _read(self, client: Client) -> None:
+        received = self._receive(client)
+        if received is None:
+            return
+        data, arrived_at = received
         end, position = len(data), 0
         while position < end:
             letter = data[position]
@@ -231,27 +242,10 @@ class Crowd2025(Crowd):
             client.hello = b"H004"
 
     def _read(self, client: Client) -> None:
-        sock = client.sock
-        if sock is None:
+        received = self._receive(client)
+        if received is None:
             return
-        try:
-            data, ancillary, _flags, _address = sock.recvmsg(RECEIVE_SIZE, TIMESTAMP_SPACE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._lost(client, "connection_reset")
-            return
-        if not data:
-            self._lost(client, "closed_by_server")
-            return
-        self.bytes_received += len(data)
-        arrived_at = time.time()
-        if ancillary:
-            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
-            arrived_at = seconds + nanoseconds * 1e-9
-        if client.inbuf:
-            data = client.inbuf + data
-            client.inbuf = b""
+        data, arrived_at = received
         end, position = len(data), 0
         while position < end:
             letter = data[position]
