@@ -328,28 +328,45 @@ class Worker(_clients.EpollClients):
 
     # -- incoming messages -------------------------------------------------------
 
-    def _read(self, client: Client) -> None:
+    def _receive(
+        self, client: Any, lost: Callable[[Any, str], None]
+    ) -> tuple[bytes, float, float] | None:
+        """One read: the bytes, when the kernel got them and when they were read.
+
+        None when there is nothing to handle; a reset or a close goes to
+        ``lost`` with its reason first.
+        """
         sock = client.sock
         if sock is None:
-            return
+            return None
         try:
             if self.kernel_timestamps:
                 data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
             else:
                 data, ancillary = sock.recv(self.recv_size), None
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            self._closed(client)
-            return
+            lost(client, "connection_reset")
+            return None
         read_at = time.time()
         if not data:
-            self._closed(client)
-            return
+            lost(client, "closed_by_server")
+            return None
         arrived_at = read_at
         if ancillary:
             seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
             arrived_at = seconds + nanoseconds * 1e-9
+        return data, arrived_at, read_at
+
+    def _closed_for(self, client: Client, reason: str) -> None:
+        self._closed(client)
+
+    def _read(self, client: Client) -> None:
+        received = self._receive(client, self._closed_for)
+        if received is None:
+            return
+        data, arrived_at, read_at = received
         if len(data) == 2 and data[0] == 73 and not client.inbuf:  # one input: the common case
             self._input(client, data[1], arrived_at, read_at)
             return
@@ -984,27 +1001,10 @@ class Worker046(Worker):
         if type(client) is not Spectator046:
             super()._read(client)
             return
-        sock = client.sock
-        if sock is None:
+        received = self._receive(client, self._spectator_lost)
+        if received is None:
             return
-        try:
-            if self.kernel_timestamps:
-                data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
-            else:
-                data, ancillary = sock.recv(self.recv_size), None
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._spectator_lost(client, "connection_reset")
-            return
-        read_at = time.time()
-        if not data:
-            self._spectator_lost(client, "closed_by_server")
-            return
-        arrived_at = read_at
-        if ancillary:
-            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
-            arrived_at = seconds + nanoseconds * 1e-9
+        data, arrived_at, read_at = received
         if client.inbuf:
             client.inbuf += data
             if len(client.inbuf) < client.need:
@@ -1264,28 +1264,11 @@ class Worker2025(Worker046):
         ))
 
     def _read(self, client: Any) -> None:
-        sock = client.sock
-        if sock is None:
-            return
         spectator = type(client) is Spectator046
-        try:
-            if self.kernel_timestamps:
-                data, ancillary, _flags, _address = sock.recvmsg(self.recv_size, TIMESTAMP_SPACE)
-            else:
-                data, ancillary = sock.recv(self.recv_size), None
-        except (BlockingIOError, InterruptedError):
+        received = self._receive(client, self._lost_2025)
+        if received is None:
             return
-        except OSError:
-            self._lost(client, spectator, "connection_reset")
-            return
-        read_at = time.time()
-        if not data:
-            self._lost(client, spectator, "closed_by_server")
-            return
-        arrived_at = read_at
-        if ancillary:
-            seconds, nanoseconds = _timespec.unpack(ancillary[0][2])
-            arrived_at = seconds + nanoseconds * 1e-9
+        data, arrived_at, read_at = received
         if client.inbuf:
             client.inbuf += data
             data = bytes(client.inbuf)
@@ -1330,6 +1313,9 @@ class Worker2025(Worker046):
             position += 1
         if position < end:
             client.inbuf = bytearray(data[position:])
+
+    def _lost_2025(self, client: Any, reason: str) -> None:
+        self._lost(client, type(client) is Spectator046, reason)
 
     def _lost(self, client: Any, spectator: bool, reason: str) -> None:
         if spectator:
