@@ -140,6 +140,8 @@ class ServerCore:
             run_id=run_id,
             results=results,
         )
+        # One database, one account online at a time, whichever client it uses.
+        self.lobby046.share_names_with(self.lobby2025)
         self.connections: dict[int, Connection] = {}
         self.connections_per_host: dict[str, int] = {}
         self._next_id = 1

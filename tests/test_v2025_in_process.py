@@ -86,6 +86,23 @@ async def test_the_same_name_cannot_log_in_twice():
         assert reply["reason"] == "Cannot login with the same name twice"
 
 
+async def test_a_name_online_from_one_client_family_is_refused_to_the_other():
+    async with running_server() as server:
+        classic = connect046(server)
+        assert (await classic.join("frank"))["unpaired"] == ["frank"]
+        _, reply = await logged_in(server, "Frank")
+        assert reply["reason"] == "Cannot login with the same name twice"
+        newer, reply = await logged_in(server, "grace", "005")
+        assert reply["approved"] is True
+        second = connect046(server)
+        assert await second.join("GRACE") == {"choose_another_name": {"used_names": ["GRACE"]}}
+        # Free again once its holder has gone.
+        await newer.logout()
+        await trio.sleep(0.1)
+        third = connect046(server)
+        assert (await third.join("grace"))["unpaired"] == ["frank", "grace"]
+
+
 @pytest.mark.parametrize("versions", [("004", "004", "004"), ("005", "004", "005"), ("005", "005", "004")])
 async def test_match_with_a_late_spectator_results_and_leaving(versions):
     async with running_server() as server:

@@ -43,7 +43,7 @@ import collections
 import enum
 import math
 import random
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import attrs
 import structlog
@@ -314,6 +314,9 @@ class RoomLobby:
         self._encoded_lobby: dict[Hashable, tuple[int, float, bytes]] = {}
         self.players: dict[PlayerId, Player] = {}
         self.names: dict[str, Player] = {}  # by name_key: one name regardless of case
+        # The names connected in the other lobbies that share this database:
+        # one account is online once, whichever client it uses.
+        self._names_elsewhere: list[Mapping[str, object]] = []
         self.rooms: dict[int, Room] = {}
         self.proposals: set[tuple[PlayerId, PlayerId]] = set()
         # Rooms waiting for a second game_over report, and when they decide without it.
@@ -847,6 +850,15 @@ class RoomLobby:
         if not (first.selections.ranked or second.selections.ranked):
             return False
         return self._ranked_approval(room).approved
+
+    def share_names_with(self, other: RoomLobby) -> None:
+        """Refuse, in both lobbies, a name that is connected in either."""
+        self._names_elsewhere.append(other.names)
+        other._names_elsewhere.append(self.names)
+
+    def name_connected(self, key: str) -> bool:
+        """Whether the name with this ``name_key`` is online here or in a lobby shared with."""
+        return key in self.names or any(key in names for names in self._names_elsewhere)
 
     def _withdraw_proposals(self, player: Player) -> None:
         if self.proposals:

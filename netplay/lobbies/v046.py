@@ -125,7 +125,7 @@ class Lobby046(RoomLobby):
             return [Send(player.id, _json(d.choose_another_name(reason)))]
         assert isinstance(message.name, str)
         key = storage.name_key(message.name)
-        if key in self.names:
+        if self.name_connected(key):
             log.info("name_refused", player=player.id, name=message.name, reason="in_use")
             return [Send(player.id, _json(d.name_in_use(message.name)))]
         player.name = message.name

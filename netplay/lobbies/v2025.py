@@ -208,7 +208,7 @@ class Lobby2025(RoomLobby):
         if message.user_id == "":
             return d.LOGIN_NO_USER_ID
         assert isinstance(message.name, str)
-        if storage.name_key(message.name) in self.names:
+        if self.name_connected(storage.name_key(message.name)):
             return "Cannot login with the same name twice"
         return None
 
