@@ -52,6 +52,9 @@ _INPUT_LETTER = ord("I")
 _MARKER_SIZE = len(endmarker.MARKER)
 # A 2025 input message on the per-frame path: a letter, 1 to 64 input bytes, the marker.
 _MARKED_INPUT_MIN, _MARKED_INPUT_MAX = 1 + 1 + _MARKER_SIZE, 1 + 64 + _MARKER_SIZE
+# The largest read of several whole inputs that still takes the per-frame
+# path: the backlog a client builds in a stall of a few seconds.
+_BACKLOG_MAX = 4096
 # What an input costs of the token bucket, other messages costing 1: a client
 # that stalled sends every input it owes at once and must not wait for them,
 # and relaying one is cheap.  At the default rate: 9,600 a second, 160 times
@@ -218,20 +221,24 @@ class ServerCore:
     def relay_target(
         self, connection_id: int, data: bytes, now: float
     ) -> int | InputRoute | None:
-        """The per-frame path: where a chunk that is exactly one input goes.
+        """The per-frame path: where a chunk of whole inputs, and nothing else, goes.
 
         Returns the opponent's connection id when ``data`` is one whole ``I``
-        message from a player in a match of the older dialects; for a 046
-        player, the match's :class:`InputRoute` (the opponent gets ``data``,
-        each spectator ``route.as_spectators[data[1]]``), with the input
-        already recorded for late spectators.  None when ``data`` must go
-        through :meth:`receive`, which is also where an input over the rate
-        limit waits its turn.  Allocates nothing.
+        message from a player in a match of the older dialects; for a 046 or
+        2025 player, the match's :class:`InputRoute` (the opponent gets
+        ``data``, each spectator the same inputs under its letter, see
+        ``Server._relay``), with the inputs already recorded for late
+        spectators.  For those two, ``data`` may hold several inputs: the
+        backlog of a stall, relayed at the cost of one.  None when ``data``
+        must go through :meth:`receive`, which is also where inputs over the
+        rate limit wait their turn.  A single input allocates nothing.
         """
         if not data or data[0] != _INPUT_LETTER:
             return None
         if len(data) != 2:
-            return self._relay_target2025(connection_id, data, now)
+            if data[-1] >= 0x80:  # the end marker's last byte: 2025 inputs
+                return self._relay_target2025(connection_id, data, now)
+            return self._relay_target_backlog046(connection_id, data, now)
         connection = self.connections.get(connection_id)
         if connection is None or connection.decoder.buffered:
             return None
@@ -257,29 +264,74 @@ class ServerCore:
         return target
 
     def _relay_target2025(self, connection_id: int, data: bytes, now: float) -> InputRoute | None:
-        """The per-frame path of a 2025 player: ``data`` is exactly one ASCII ``I`` + marker."""
+        """The per-frame path of a 2025 player: ``data`` is whole ASCII ``I`` + marker messages.
+
+        Usually one; several when the client's inputs queued up (a stall on
+        either side), which are then relayed as they came, in one write each.
+        """
         size = len(data)
-        if size < _MARKED_INPUT_MIN or size > _MARKED_INPUT_MAX:
+        if size < _MARKED_INPUT_MIN or size > _BACKLOG_MAX:
             return None
         connection = self.connections.get(connection_id)
         if connection is None or connection.dialect is not Dialect.V2025:
             return None
         if connection.phase is not Phase.OPEN or connection.decoder.buffered:
             return None
-        # One whole message, nothing after it; an ASCII body is valid UTF-8.
-        if data.find(endmarker.MARKER, 1) != size - _MARKER_SIZE:
-            return None
-        body = data[1:-_MARKER_SIZE]
-        if not body.isascii():
-            return None
+        # Whole messages, nothing after the last; an ASCII body is valid UTF-8.
+        end = data.find(endmarker.MARKER, 1)
+        if end == size - _MARKER_SIZE:
+            body = data[1:end]
+            if size > _MARKED_INPUT_MAX or not body.isascii():
+                return None
+            bodies = [body]
+        else:
+            bodies = _marked_input_bodies(data)
+            if bodies is None:
+                return None
         route = self.lobby2025.input_route(connection_id)
-        if route is None or not self._admit(connection, now, INPUT_COST):
+        if route is None or not self._admit_inputs(connection, now, len(bodies)):
             return None
-        if not route.record_body(body):
-            return None  # the full path refuses it, with its reason
+        if not route.record_bodies(bodies):
+            return None  # the full path refuses what does not fit, with its reason
         connection.last_received = now
-        self._traffic.relayed_inputs += 1
+        self._traffic.relayed_inputs += len(bodies)
         return route
+
+    def _relay_target_backlog046(
+        self, connection_id: int, data: bytes, now: float
+    ) -> InputRoute | None:
+        """Several whole 2022 inputs in one read, the backlog of a stall: relayed together."""
+        size = len(data)
+        if size & 1 or size > _BACKLOG_MAX:
+            return None
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.dialect is not Dialect.V046:
+            return None
+        if connection.phase is not Phase.OPEN or connection.decoder.buffered:
+            return None
+        count = size >> 1
+        if data[::2] != b"I" * count:
+            return None
+        letters = data[1::2]
+        route = self.lobby046.inputs_route(connection_id, letters)
+        if route is None or not self._admit_inputs(connection, now, count):
+            return None
+        for letter in letters:
+            route.record(letter)
+        connection.last_received = now
+        self._traffic.relayed_inputs += count
+        return route
+
+    def _admit_inputs(self, connection: Connection, now: float, count: int) -> bool:
+        """Admit ``count`` inputs at once, only if the bucket would admit each in turn."""
+        if count == 1:
+            return self._admit(connection, now, INPUT_COST)
+        if not self._admit(connection, now, 0.0):
+            return False
+        if connection.tokens - (count - 1) * INPUT_COST < 0.999_999:
+            return False  # some would wait: the full path holds them
+        connection.tokens -= count * INPUT_COST
+        return True
 
     def receive(self, connection_id: int, data: bytes, now: float) -> list[Action]:
         """Bytes arrived from a connection; return what to do about them."""
@@ -717,3 +769,16 @@ class ServerCore:
             for lobby in (self.lobby, self.lobby046, self.lobby2025)
             for send in lobby.snapshots(may_send)
         ]
+
+
+def _marked_input_bodies(data: bytes) -> list[bytes] | None:
+    """The bodies of ``data`` if it is only whole ASCII ``I`` messages, else None."""
+    if not data.endswith(endmarker.MARKER):
+        return None
+    bodies = []
+    for message in data[:-_MARKER_SIZE].split(endmarker.MARKER):
+        size = len(message)
+        if size < 2 or size > 65 or message[0] != _INPUT_LETTER or not message.isascii():
+            return None
+        bodies.append(message[1:])
+    return bodies

@@ -32,6 +32,7 @@ from netplay.accounts import storage
 from netplay.actions import Action, Close, PauseReading, ResumeReading, Send, Store
 from netplay.config import Config
 from netplay.core import ServerCore
+from netplay.framing.endmarker import MARKER
 from netplay.lobbies import results
 from netplay.lobbies.v046 import InputRoute
 from netplay.stats import INPUT_LETTER, RELAY_SAMPLE_EVERY
@@ -39,6 +40,10 @@ from netplay.stats import INPUT_LETTER, RELAY_SAMPLE_EVERY
 log = structlog.get_logger("netplay.server")
 
 RECEIVE_SIZE = 65536
+# 2025 inputs as the per-frame path relays them: one is at least this long;
+# in a backlog, each after the first follows a marker.
+_MARKED_INPUT_MIN = len(b"I?") + len(MARKER)
+_NEXT_INPUT, _NEXT_INPUT_AS_U = MARKER + b"I", MARKER + b"U"
 # After a refusal or a protocol error: how long to read and discard the
 # client's remaining bytes after our last message, so that closing does not
 # turn into a reset that could destroy that message in flight.
@@ -419,19 +424,39 @@ class Server:
             traffic.relay_latency[path].observe(trio.current_time() - read_at)
 
     def _relay(self, route: InputRoute, data: bytes) -> None:
-        """One 046 or 2025 input: to the opponent as it came, to each spectator as ``U``/``I``."""
+        """046 or 2025 inputs, usually one: to the opponent as they came, to spectators as ``U``/``I``.
+
+        Several inputs in ``data`` (a backlog) go in one write to each recipient.
+        """
         deliver = self._deliver
+        as_spectators = route.as_spectators
+        if as_spectators:
+            count = len(data) >> 1
+        else:
+            count = data.count(MARKER) if len(data) > _MARKED_INPUT_MIN else 1
         self._executing += 1  # a connection that fails here ends after the whole relay
         try:
             deliver(route.opponent, data)
             if route.spectators:
-                as_spectators = route.as_spectators
-                if as_spectators:
-                    as_spectator = as_spectators[data[1]]
-                else:  # a 2025 input: its body under the letter the spectator reads
-                    as_spectator = data if route.spectator_letter == b"I" else b"U" + data[1:]
+                if count == 1:
+                    if as_spectators:
+                        as_spectator = as_spectators[data[1]]
+                    else:  # a 2025 input: its body under the letter the spectator reads
+                        as_spectator = data if route.spectator_letter == b"I" else b"U" + data[1:]
+                elif as_spectators:
+                    as_spectator = b"".join([as_spectators[letter] for letter in data[1::2]])
+                elif route.spectator_letter == b"I":
+                    as_spectator = data
+                else:
+                    as_spectator = b"U" + data[1:].replace(_NEXT_INPUT, _NEXT_INPUT_AS_U)
                 for spectator in route.spectators:
                     deliver(spectator, as_spectator)
+            if count > 1:
+                # Each delivery counted one message; each recipient got ``count``.
+                sent = self._traffic.sent_messages
+                sent[data[0]] += count - 1
+                if route.spectators:
+                    sent[as_spectator[0]] += (count - 1) * len(route.spectators)
         finally:
             self._executing -= 1
         if self._ending and not self._executing:

@@ -78,11 +78,14 @@ async def test_whole_session_login_match_spectator_rematch_leave_and_relogin(aut
         assert granted["opponent_settings"]["player_number"] == 2
         assert (await carol.receive_until("spectators"))["spectators"] == ["carol"]
 
-        # Live inputs: player 1's as U, player 2's as I.
+        # Live inputs: player 1's as U, player 2's as I, a backlog in one read too.
         await bob.send_inputs("C")
         await alice.send_inputs("D")
         assert await carol.receive_inputs("U", 1) == b"C"
         assert await carol.receive_inputs("I", 1) == b"D"
+        await bob.send_inputs("EFG")
+        assert await carol.receive_inputs("U", 4) == b"CEFG"
+        assert await alice.receive_inputs("I", 8) == b"AAAgCEFG"
 
         # Bob (player 1) wins; both agree.
         await alice.game_over(1)

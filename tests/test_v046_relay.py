@@ -84,10 +84,41 @@ def test_fast_and_full_paths_send_the_same_bytes():
     assert fast == full == [(second, b"Ig"), (spectator, b"Ug")]
 
 
+def test_a_backlog_of_046_inputs_takes_the_fast_path_in_order():
+    core, first, second, spectator = match_with_spectator()
+    relayed = core.counters.traffic.relayed_inputs
+    route = core.relay_target(first, b"IAIBIg", NOW)
+    assert isinstance(route, InputRoute) and route.opponent == second
+    assert core.counters.traffic.relayed_inputs - relayed == 3
+    player = core.lobby046.players[first]
+    assert player.room is not None and player.room.match is not None
+    assert player.room.match.inputs[0] == bytearray(b"ABg")
+    # The full path would have sent the same, one message at a time.
+    full = core.receive(first, b"IAIBIg", NOW)
+    assert [(a.player, a.data) for a in full if a.player == second] == [
+        (second, b"IA"), (second, b"IB"), (second, b"Ig")
+    ]
+
+
+def test_a_backlog_the_bucket_would_not_admit_whole_goes_to_the_full_path():
+    # After set-up the bucket holds 1.05 tokens: two inputs would each be admitted, five not.
+    core, first, second, spectator = match_with_spectator(
+        Config(max_messages_per_second=0.001, message_burst=5.05)
+    )
+    player = core.lobby046.players[first]
+    assert player.room is not None and player.room.match is not None
+    assert core.relay_target(first, b"IAIBICIDIE", NOW) is None
+    assert player.room.match.inputs[0] == bytearray()  # nothing recorded, nothing spent
+    assert isinstance(core.relay_target(first, b"IAIB", NOW), InputRoute)
+    assert player.room.match.inputs[0] == bytearray(b"AB")
+
+
 def test_inputs_the_fast_path_does_not_take():
     core, first, second, spectator = match_with_spectator()
     assert core.relay_target(first, b"I\x00", NOW) is None  # invalid: refused by the full path
-    assert core.relay_target(first, b"ICIC", NOW) is None  # two inputs: the decoder's job
+    assert core.relay_target(first, b"ICI", NOW) is None  # a partial input: the decoder's job
+    assert core.relay_target(first, b"ICI\x00", NOW) is None  # one invalid in a backlog
+    assert core.relay_target(first, b"IC" + encode_json({"game_over": True}), NOW) is None
     assert core.relay_target(spectator, b"IC", NOW) is None  # not playing
     core.receive(first, encode_json({"game_over": True, "outcome": 1}), NOW)
     core.receive(second, encode_json({"game_over": True, "outcome": 1}), NOW)

@@ -9,6 +9,8 @@ import pytest
 import trio
 
 from netplay.config import Config
+from netplay.core import _marked_input_bodies
+from netplay.framing.endmarker import MARKER
 from netplay.testing import (
     ConnectionClosed,
     connect046,
@@ -384,6 +386,25 @@ async def test_a_lone_input_takes_the_per_frame_path_and_reaches_a_spectator():
         assert await carol.receive_inputs("U", 5) == [s.encode() for s in "ABCDE"]
 
 
+async def test_a_backlog_of_inputs_in_one_read_is_relayed_whole_and_in_order():
+    async with running_server() as server:
+        alice, bob, carol = await _match_with_spectator(server, ("005", "004", "005"))
+        traffic = server.counters.traffic
+        relayed, sent = traffic.relayed_inputs, traffic.sent()
+        await bob.send_inputs("ABC")  # three messages in one write, as after a stall
+        assert await alice.receive_inputs("I", 3) == [b"A", b"B", b"C"]
+        assert await carol.receive_inputs("U", 3) == [b"A", b"B", b"C"]
+        assert traffic.relayed_inputs - relayed == 3
+        now_sent = traffic.sent()
+        assert now_sent["I"][0] - sent.get("I", (0, 0))[0] == 3
+        assert now_sent["U"][0] - sent.get("U", (0, 0))[0] == 3
+        # A backlog with one body the per-frame path does not check goes
+        # through the decoder, and still arrives whole.
+        await bob.send(b"ID" + MARKER + "Ié".encode() + MARKER)
+        assert (await alice.receive_inputs("I", 5))[3:] == [b"D", "é".encode()]
+        assert traffic.relayed_inputs - relayed == 3
+
+
 async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
     async with running_server(replays_directory=str(tmp_path)) as server:
         alice, _ = await logged_in(server, "alice", "005")
@@ -404,3 +425,18 @@ async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
     replay = json.loads(path.read_text())
     assert replay["incomplete"] is True and "winnerIndex" not in replay
     assert "completed" not in replay and path.name.endswith("-VS-casual.json")
+
+
+@pytest.mark.parametrize(
+    ("data", "bodies"),
+    [
+        (b"IA" + MARKER + b"IBC" + MARKER, [b"A", b"BC"]),
+        (b"IA" + MARKER + b"IB", None),  # the last one not ended yet
+        (b"IA" + MARKER + b"I" + MARKER, None),  # an empty input: refused on the full path
+        (b"IA" + MARKER + b"J{}" + MARKER, None),  # not only inputs
+        (b"IA" + MARKER + b"I" + b"x" * 65 + MARKER, None),  # longer than a frame's inputs
+        (b"IA" + MARKER + "Ié".encode() + MARKER, None),  # not ASCII: the decoder checks it
+    ],
+)
+def test_which_backlogs_of_2025_inputs_the_per_frame_path_takes(data, bodies):
+    assert _marked_input_bodies(data) == bodies

@@ -157,6 +157,17 @@ class InputRoute:
         self.count += 1
         return True
 
+    def record_bodies(self, bodies: list[bytes]) -> bool:
+        """Record several variable-length inputs, all or none; False if they do not fit."""
+        if len(bodies) == 1:
+            return self.record_body(bodies[0])
+        if len(self.recorded) + sum(map(len, bodies)) > MAX_RECORDED_INPUTS:
+            return False
+        for body in bodies:
+            self.recorded += body
+        self.count += len(bodies)
+        return True
+
 
 @attrs.define(eq=False)
 class Player:

@@ -112,6 +112,12 @@ class Lobby046(RoomLobby):
             return None
         return super().input_route(player_id)
 
+    def inputs_route(self, player_id: PlayerId, letters: bytes) -> InputRoute | None:
+        """:meth:`input_route` for several inputs at once: None unless every letter is valid."""
+        if not INPUT_BYTES.issuperset(letters):
+            return None
+        return super().input_route(player_id)
+
     def _input_route(self, side: int, opponent: Player, match: Match) -> InputRoute:
         as_spectators = _AS_PLAYER_ONE if side == 0 else _AS_PLAYER_TWO
         return InputRoute(opponent.id, (), as_spectators, match.inputs[side])
