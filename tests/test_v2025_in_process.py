@@ -6,16 +6,19 @@ import json
 import time
 
 import pytest
+import structlog
 import trio
 
 from netplay.config import Config
 from netplay.core import _marked_input_bodies
 from netplay.framing.endmarker import MARKER
+from netplay.framing.endmarker import encode_json as endmarker_encode
 from netplay.testing import (
     ConnectionClosed,
     connect046,
     connect2025,
     connect_in_process,
+    login_message2025,
     running_server,
 )
 
@@ -440,3 +443,19 @@ async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
 )
 def test_which_backlogs_of_2025_inputs_the_per_frame_path_takes(data, bodies):
     assert _marked_input_bodies(data) == bodies
+
+
+async def test_messages_sent_during_a_denied_login_are_refused_with_their_reason():
+    async with running_server() as server:
+        client = connect2025(server)
+        await client.connect()
+        with structlog.testing.capture_logs() as logs:
+            await client.send(
+                endmarker_encode(login_message2025("henry", "no such id"))
+                + endmarker_encode({"leaderboard_request": True})
+            )
+            reply = await client.receive_until("login_denied")
+            await trio.sleep(0.1)
+        assert reply["reason"] == "The user ID provided was not found on this server"
+        [refused] = [line for line in logs if line["event"] == "message_refused"]
+        assert refused["reason"] == "message_not_valid_in_state"

@@ -239,7 +239,9 @@ class Lobby2025(RoomLobby):
                 ban = _ban_remaining(outcome.expires_at, self.wall_clock_offset + now)
             else:
                 reason = d.LOGIN_UNAVAILABLE
-            return [Send(player.id, self._render_login_denied(player, reason, ban))]
+            denied = [Send(player.id, self._render_login_denied(player, reason, ban))]
+            # As if they came after the answer: refused, each with its reason.
+            return denied + self._handle_held(player, held, now)
         player.login = LoginState.LOGGED_IN
         player.login_answered = True
         player.user_id = outcome.user_id
@@ -255,6 +257,11 @@ class Lobby2025(RoomLobby):
         asked = self.standing_known(player, outcome)  # before the lobby shows it
         # At once: the client shows the lobby only once it has the list.
         sends += self._lobby_state_to([player], stale_ok=True) + asked
+        return sends + self._handle_held(player, held, now)
+
+    def _handle_held(self, player: Player, held: list[object], now: float) -> list[Action]:
+        """The commands that came while the database checked ``player``'s login, in order."""
+        sends: list[Action] = []
         for command in held:
             try:
                 sends += self.handle(player.id, command, now)
