@@ -457,7 +457,9 @@ class ServerCore:
             self._closing(connection, actions, "logout")
         elif kind is m.ErrorReport:
             # The client crashed: it sends its error and gives up the connection.
-            log.warning("client_error_report", size=command.size)
+            # Logged whole when short, as the panel-game server keeps it; the
+            # text is the client's, so it is a field, never the message.
+            log.warning("client_error_report", size=command.size, report=command.text)
             self._closing(connection, actions, "client_error_report")
         else:
             actions.extend(lobby.handle(connection.id, command, now))

@@ -459,3 +459,18 @@ async def test_messages_sent_during_a_denied_login_are_refused_with_their_reason
         assert reply["reason"] == "The user ID provided was not found on this server"
         [refused] = [line for line in logs if line["event"] == "message_refused"]
         assert refused["reason"] == "message_not_valid_in_state"
+
+
+@pytest.mark.parametrize("length", [40, 4990])
+async def test_an_error_report_is_logged_whole_when_short_and_ends_the_connection(length):
+    async with running_server(Config(max_json_length=8192)) as server:
+        client, _ = await logged_in(server, "ivy")
+        report = {"message": "x" * length, "engine_version": "048", "name": "ivy"}
+        with structlog.testing.capture_logs() as logs:
+            await client.send_json({"error_report": report})
+            await client.expect_closed(timeout=5)
+        [line] = [line for line in logs if line["event"] == "client_error_report"]
+        text = json.dumps(report, separators=(",", ":"))
+        assert line["size"] == len(text)
+        assert line["report"] == (text if len(text) <= 5000 else None)
+        assert (line["report"] is None) == (length == 4990)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import json
 from typing import Any
 
 from netplay.dialects import v046
@@ -233,7 +234,10 @@ def parse_command(payload: dict[str, Any]) -> m.Command2025:
     Raises a non-fatal RemoteProtocolError for unknown or malformed messages.
     """
     if "error_report" in payload:
-        return m.ErrorReport(len(str(payload["error_report"])))
+        text = json.dumps(payload["error_report"], ensure_ascii=False, separators=(",", ":"))
+        if len(text) > m.MAX_LOGGED_ERROR_REPORT:
+            return m.ErrorReport(len(text))
+        return m.ErrorReport(len(text), text)
     if payload.get("login_request") is True:
         publicity = payload.get("save_replays_publicly")
         if publicity not in REPLAY_PUBLICITY:

@@ -306,9 +306,18 @@ class MatchAbort:
 
 @attrs.frozen
 class ErrorReport:
-    """``error_report``: the client crashed and tells why; it closes the connection next."""
+    """``error_report``: the client crashed and tells why; it closes the connection next.
+
+    ``text`` is the report as compact JSON when it is short enough to log
+    (:data:`MAX_LOGGED_ERROR_REPORT`), else None; ``size`` its length either way.
+    """
 
     size: int
+    text: str | None = None
+
+
+# The panel-game server keeps reports under 5 kB and drops longer ones.
+MAX_LOGGED_ERROR_REPORT = 5000
 
 
 Command2025 = (
