@@ -196,12 +196,7 @@ async def test_engine_groups_keep_players_apart():
 
 async def test_beta_match_abort_tells_the_opponent_and_returns_to_select():
     async with running_server() as server:
-        alice, _ = await logged_in(server, "alice", "005")
-        bob, _ = await logged_in(server, "bob", "005")
-        await pair(alice, bob)
-        await alice.menu_state(ready=True)
-        await bob.menu_state(ready=True)
-        await alice.receive_until("matchStart")
+        alice, bob = await _started_match(server, ("005", "005"))
         await alice.send_json({"recipient": "room", "recipientId": 1, "type": "matchAbort", "content": True})
         abort = await bob.receive_until("gameAbort")
         assert abort == {"source": "alice"}
@@ -265,7 +260,8 @@ async def test_spoofed_sender_is_refused():
 
 
 
-async def _match_with_spectator(server, versions):
+async def _started_match(server, versions):
+    """alice and bob, of these network versions, paired, ready and told the match started."""
     alice, _ = await logged_in(server, "alice", versions[0])
     bob, _ = await logged_in(server, "bob", versions[1])
     await pair(alice, bob)
@@ -273,6 +269,11 @@ async def _match_with_spectator(server, versions):
     await bob.menu_state(ready=True)
     for client in (alice, bob):
         await client.receive_until("matchStart" if client.version >= "005" else "match_start")
+    return alice, bob
+
+
+async def _match_with_spectator(server, versions):
+    alice, bob = await _started_match(server, versions[:2])
     carol, _ = await logged_in(server, "carol", versions[2])
     lobby = await carol.receive_until("lobbyState" if carol.version >= "005" else "unpaired")
     await carol.spectate(lobby["spectatable"][0]["roomNumber"])
@@ -351,13 +352,7 @@ async def test_a_silent_2025_client_is_pinged_and_dropped_only_after_15_seconds(
 
 async def test_a_finished_game_is_saved_as_a_version_2_replay_file(tmp_path):
     async with running_server(replays_directory=str(tmp_path)) as server:
-        alice, _ = await logged_in(server, "alice", "004")
-        bob, _ = await logged_in(server, "bob", "005")
-        await pair(alice, bob)
-        await alice.menu_state(ready=True)
-        await bob.menu_state(ready=True)
-        await alice.receive_until("match_start")
-        await bob.receive_until("matchStart")
+        alice, bob = await _started_match(server, ("004", "005"))
         await alice.send_inputs("AAAB")
         await bob.send_inputs("AC")
         await bob.receive_inputs("I", 4)
@@ -410,13 +405,7 @@ async def test_a_backlog_of_inputs_in_one_read_is_relayed_whole_and_in_order():
 
 async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
     async with running_server(replays_directory=str(tmp_path)) as server:
-        alice, _ = await logged_in(server, "alice", "005")
-        bob, _ = await logged_in(server, "bob", "005")
-        await pair(alice, bob)
-        await alice.menu_state(ready=True)
-        await bob.menu_state(ready=True)
-        await alice.receive_until("matchStart")
-        await bob.receive_until("matchStart")
+        alice, bob = await _started_match(server, ("005", "005"))
         await alice.send_inputs("AB")
         await bob.receive_inputs("I", 2)
         await alice.send_json({"type": "matchAbort"})
