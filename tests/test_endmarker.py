@@ -203,3 +203,28 @@ def test_either_decoder_keeps_3_byte_lengths_for_an_older_client():
     decoder.receive_data(b"H004" + length3.encode_json({"name": "old"}) + b"E")
     assert decoder.frames()[:2] == [m.Hello("004"), m.Json({"name": "old"})]
     assert not decoder.marked
+
+
+def test_either_decoder_reads_markers_after_h003_even_before_any_json():
+    # A silent 003 client is pinged before it logs in: one-byte E both ways.
+    login = endmarker.encode_json({"login_request": True})
+    client = endmarker.EitherDecoder()
+    client.receive_data(b"H003" + b"E" + login)
+    assert client.frames() == [m.Hello("003"), *decode_all(b"E" + login)]
+    reply = endmarker.encode_json({"login_successful": True})
+    for cut in range(1, 4):  # the ping alone in one read, then the rest
+        server = endmarker.EitherDecoder(length3.Direction.SERVER_TO_CLIENT)
+        stream = b"H" + b"E" + reply
+        server.receive_data(stream[:cut])
+        frames = server.frames()
+        server.receive_data(stream[cut:])
+        frames += server.frames()
+        assert len(frames) == 3 and frames[2] == m.Json({"login_successful": True})
+        assert server.marked
+
+
+def test_either_decoder_keeps_3_byte_lengths_after_the_older_servers_ping():
+    server = endmarker.EitherDecoder(length3.Direction.SERVER_TO_CLIENT)
+    server.receive_data(b"H" + b"ELOL" + length3.encode_json({"unpaired": []}))
+    assert server.frames()[2] == m.Json({"unpaired": []})
+    assert not server.marked

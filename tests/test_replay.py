@@ -43,7 +43,13 @@ from netplay.recording.replay import (
     split_messages,
 )
 from netplay.server import Server
-from netplay.testing import ScriptedClient, connect_in_process, running_server
+from netplay.testing import (
+    ScriptedClient,
+    connect2025,
+    connect_in_process,
+    login_message2025,
+    running_server,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = sorted((ROOT / "tests" / "sessions").glob("*.session"))
@@ -579,3 +585,20 @@ def test_a_load_run_recorded_by_the_server_and_by_the_proxy_replays(tmp_path):
     if not result.ok:
         assert not is_lobby_list(result.divergence.expected or b""), result.report()
         assert result.client_events > 16, result.report()  # past registrations and requests
+
+
+async def test_a_003_client_pinged_before_it_logs_in_replays(autojump_clock):
+    # One-byte E both ways before the first J: the framing is told by the H003.
+    writer = SessionWriter({"seed": 5}, trio.current_time())
+    async with running_server(recorder=writer, seed=5) as server:
+        client = connect2025(server, version="003")
+        await client.connect()
+        await trio.sleep(6)  # silent past the ping interval; the client answers E
+        await client.send_json(login_message2025("quiet"))
+        assert "login_successful" in await client.receive_json()
+        await trio.sleep(0.5)
+        settings = writer.take()
+    session = parse_session(settings.splitlines())
+    assert b"E" in sent_messages(session, 1)
+    result = await replay_in_process(session)
+    assert result.ok, result.report()

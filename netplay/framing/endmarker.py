@@ -218,6 +218,12 @@ class Decoder:
 
 
 FIRST_MARKED_JSON = b"J{"
+# The network versions that only end-marker clients send (the older clients'
+# run from 004): after their hello, end markers from the next byte on.
+MARKED_ONLY_VERSIONS = frozenset({"003"})
+# The one ping this server sends in 3-byte framing; any other ``E`` is the
+# one-byte ping of end-marker framing.
+_LENGTH3_PING = b"ELOL"
 
 
 class EitherDecoder:
@@ -226,7 +232,9 @@ class EitherDecoder:
     On one port, the end-marker clients and the older ones both begin with
     ``H`` + 3 digits; the first JSON message tells them apart (``J{`` cannot
     begin a 3-byte length we accept).  From that message on, this decoder
-    reads end markers.  For tools reading both directions of a recording;
+    reads end markers.  So it does after an ``H003`` hello, which no older
+    client sends, and, from the server, at an ``E`` that is not ``ELOL``: the
+    one-byte ping such a client may get before its first message.  For tools reading both directions of a recording;
     the server itself chooses with ``core``.
     """
 
@@ -254,12 +262,27 @@ class EitherDecoder:
 
     def next_frame(self) -> Any:
         inner = self._inner
-        if isinstance(inner, length3.Decoder) and inner.peek(2) == FIRST_MARKED_JSON:
-            rest = inner.take_buffered()
-            self._inner = Decoder(self._direction, max_body_length=self._max_length)
-            self._inner.receive_data(rest)
-            self.marked = True
-        return self._inner.next_frame()
+        if not isinstance(inner, length3.Decoder):
+            return inner.next_frame()
+        head = inner.peek(4)
+        if head[:2] == FIRST_MARKED_JSON or (
+            # A server that pinged an H003 client before its first message.
+            self._direction is Direction.SERVER_TO_CLIENT
+            and head[:1] == b"E" and len(head) > 1 and not _LENGTH3_PING.startswith(head)
+        ):
+            self._use_end_markers()
+            return self._inner.next_frame()
+        frame = inner.next_frame()
+        if type(frame) is m.Hello and frame.version in MARKED_ONLY_VERSIONS:
+            self._use_end_markers()
+        return frame
+
+    def _use_end_markers(self) -> None:
+        assert isinstance(self._inner, length3.Decoder)
+        rest = self._inner.take_buffered()
+        self._inner = Decoder(self._direction, max_body_length=self._max_length)
+        self._inner.receive_data(rest)
+        self.marked = True
 
     def frames(self) -> list[Any]:
         result = []
