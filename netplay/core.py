@@ -272,10 +272,8 @@ class ServerCore:
         size = len(data)
         if size < _MARKED_INPUT_MIN or size > _BACKLOG_MAX:
             return None
-        connection = self.connections.get(connection_id)
-        if connection is None or connection.dialect is not Dialect.V2025:
-            return None
-        if connection.phase is not Phase.OPEN or connection.decoder.buffered:
+        connection = self._relaying(connection_id, Dialect.V2025)
+        if connection is None:
             return None
         # Whole messages, nothing after the last; an ASCII body is valid UTF-8.
         end = data.find(endmarker.MARKER, 1)
@@ -304,10 +302,8 @@ class ServerCore:
         size = len(data)
         if size & 1 or size > _BACKLOG_MAX:
             return None
-        connection = self.connections.get(connection_id)
-        if connection is None or connection.dialect is not Dialect.V046:
-            return None
-        if connection.phase is not Phase.OPEN or connection.decoder.buffered:
+        connection = self._relaying(connection_id, Dialect.V046)
+        if connection is None:
             return None
         count = size >> 1
         if data[::2] != b"I" * count:
@@ -321,6 +317,15 @@ class ServerCore:
         connection.last_received = now
         self._traffic.relayed_inputs += count
         return route
+
+    def _relaying(self, connection_id: int, dialect: Dialect) -> Connection | None:
+        """The connection, if it is open, of ``dialect``, and holds no partial message."""
+        connection = self.connections.get(connection_id)
+        if connection is None or connection.dialect is not dialect:
+            return None
+        if connection.phase is not Phase.OPEN or connection.decoder.buffered:
+            return None
+        return connection
 
     def _admit_inputs(self, connection: Connection, now: float, count: int) -> bool:
         """Admit ``count`` inputs at once, only if the bucket would admit each in turn."""

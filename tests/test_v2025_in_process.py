@@ -350,6 +350,15 @@ async def test_a_silent_2025_client_is_pinged_and_dropped_only_after_15_seconds(
         assert client.pings >= 10  # an E after each second of silence
 
 
+async def _saved_replay(directory):
+    """The one replay file the server writes under ``directory``, once it is there, and its JSON."""
+    with trio.fail_after(5):
+        while not (files := list(directory.rglob("*.json"))):
+            await trio.sleep(0.01)
+    (path,) = files
+    return path, json.loads(path.read_text())
+
+
 async def test_a_finished_game_is_saved_as_a_version_2_replay_file(tmp_path):
     async with running_server(replays_directory=str(tmp_path)) as server:
         alice, bob = await _started_match(server, ("004", "005"))
@@ -360,11 +369,7 @@ async def test_a_finished_game_is_saved_as_a_version_2_replay_file(tmp_path):
         await alice.game_over(2)
         await bob.game_over(2)
         await alice.receive_until("win_counts")
-        with trio.fail_after(5):
-            while not (files := list(tmp_path.rglob("*.json"))):
-                await trio.sleep(0.01)
-    (path,) = files
-    replay = json.loads(path.read_text())
+        path, replay = await _saved_replay(tmp_path)
     assert replay["replayVersion"] == 2 and replay["engineVersion"] == "048"
     assert replay["completed"] is True and replay["winnerIndex"] == 2
     inputs = {p["name"]: p["settings"]["inputs"] for p in replay["players"]}
@@ -410,11 +415,7 @@ async def test_an_aborted_game_is_saved_as_incomplete(tmp_path):
         await bob.receive_inputs("I", 2)
         await alice.send_json({"type": "matchAbort"})
         await bob.receive_until("gameAbort")
-        with trio.fail_after(5):
-            while not (files := list(tmp_path.rglob("*.json"))):
-                await trio.sleep(0.01)
-    (path,) = files
-    replay = json.loads(path.read_text())
+        path, replay = await _saved_replay(tmp_path)
     assert replay["incomplete"] is True and "winnerIndex" not in replay
     assert "completed" not in replay and path.name.endswith("-VS-casual.json")
 
